@@ -1,0 +1,163 @@
+//! The JSON API of SPEC §3: `GET`/`POST /images.json` and `GET /health`.
+//!
+//! [`router`] builds the whole service from an [`ApiState`], so tests can
+//! drive it in-process and [`run`] can serve it on any listener (a bound port
+//! or a socket inherited from the supervisor). Handlers are short `?` lines;
+//! failures are [`ApiError`]s, mapped to responses in `error.rs` only.
+//! Database work runs on the blocking pool so a slow lock never stalls the
+//! async workers.
+
+mod body;
+mod error;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, middleware};
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use body::{AnyJson, Indent, MAX_INDENT};
+pub use error::{ApiError, Result};
+
+use crate::cli::ApiServerArgs;
+use crate::image::{Image, NewImage};
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The response header naming the worker that answered.
+pub const WORKER_HEADER: HeaderName = HeaderName::from_static("x-worker");
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub worker: Arc<str>,
+}
+
+/// Which origins may call the API from a browser.
+#[derive(Debug, Clone, Default)]
+pub enum CorsPolicy {
+    /// `Access-Control-Allow-Origin: *` (the original's behaviour).
+    #[default]
+    AnyOrigin,
+    /// Only these exact origins (e.g. `http://127.0.0.1:8082`).
+    Origins(Vec<HeaderValue>),
+}
+
+/// The complete API service.
+pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
+    let worker_value =
+        HeaderValue::from_str(&state.worker).unwrap_or_else(|_| HeaderValue::from_static("api"));
+    let allow_origin = match cors {
+        CorsPolicy::AnyOrigin => AllowOrigin::any(),
+        CorsPolicy::Origins(list) => AllowOrigin::list(list),
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .expose_headers([WORKER_HEADER])
+        .max_age(std::time::Duration::from_secs(600));
+    Router::new()
+        .route("/images.json", get(list_images).post(create_image))
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("handler panicked".into()).into_response()
+        }))
+        .layer(cors)
+        .layer(middleware::from_fn(crate::http::log_request))
+        .layer(SetResponseHeaderLayer::overriding(
+            WORKER_HEADER,
+            worker_value,
+        ))
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+fn json_response(indent: Indent, value: &impl serde::Serialize) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        indent.render(value),
+    )
+        .into_response()
+}
+
+async fn list_images(State(state): State<ApiState>, indent: Indent) -> Result<Response> {
+    let images: Vec<Image> = blocking(move || state.store.list_images()).await?;
+    Ok(json_response(indent, &images))
+}
+
+async fn create_image(
+    State(state): State<ApiState>,
+    indent: Indent,
+    AnyJson(body): AnyJson,
+) -> Result<Response> {
+    let new_image = NewImage::parse(&body)?;
+    let stored = blocking(move || state.store.insert_image(&new_image)).await?;
+    Ok(json_response(indent, &stored))
+}
+
+async fn health(State(state): State<ApiState>) -> Result<Response> {
+    let store = state.store.clone();
+    match blocking(move || store.ping()).await {
+        Ok(()) => Ok(error::json_body(&json!({
+            "status": "ok",
+            "worker": &*state.worker,
+            "pid": std::process::id(),
+        }))),
+        Err(e) => {
+            tracing::error!(error = %e, "health check failed");
+            Err(ApiError::DatabaseUnavailable)
+        }
+    }
+}
+
+/// Opens the store and serves the API until SIGTERM/SIGINT.
+pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let path = crate::store::parse_database_location(&args.database)?;
+    let listener = crate::listen::listener(args.bind, args.port)?;
+    let options = StoreOptions {
+        busy_timeout: std::time::Duration::from_millis(args.busy_timeout_ms),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&path, &options)?;
+    let cors = if args.cors_origin.is_empty() || args.cors_origin.iter().any(|o| o == "*") {
+        CorsPolicy::AnyOrigin
+    } else {
+        let origins = args
+            .cors_origin
+            .iter()
+            .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad --cors-origin {o:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        CorsPolicy::Origins(origins)
+    };
+    let state = ApiState {
+        store,
+        worker: Arc::from(args.name.as_str()),
+    };
+    crate::http::serve(listener, router(state, cors), &args.name)
+}
