@@ -40,13 +40,12 @@ pub fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, ListenError> {
 /// The inherited socket if `LISTEN_FDS` hands us one, else a fresh bind.
 pub fn listener(ip: IpAddr, port: u16) -> Result<TcpListener, ListenError> {
     let mut inherited = listenfd::ListenFd::from_env();
-    if inherited.len() > 0 {
-        if let Some(listener) = inherited
+    if inherited.len() > 0
+        && let Some(listener) = inherited
             .take_tcp_listener(0)
             .map_err(ListenError::Inherited)?
-        {
-            return Ok(listener);
-        }
+    {
+        return Ok(listener);
     }
     bind(ip, port)
 }

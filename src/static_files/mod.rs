@@ -124,16 +124,15 @@ async fn contain_and_validate(State(root): State<Root>, request: Request, next: 
     };
     let etag = weak_etag(&file);
     if let (Some(etag), Some(if_none_match)) = (&etag, request.headers().get(header::IF_NONE_MATCH))
+        && etag_matches(if_none_match, etag)
     {
-        if etag_matches(if_none_match, etag) {
-            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response();
-        }
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response();
     }
     let mut response = next.run(request).await;
-    if let Some(etag) = etag {
-        if response.status().is_success() {
-            response.headers_mut().insert(header::ETAG, etag);
-        }
+    if let Some(etag) = etag
+        && response.status().is_success()
+    {
+        response.headers_mut().insert(header::ETAG, etag);
     }
     response
 }

@@ -1,0 +1,257 @@
+//! Shared fixtures for the black-box tests: temp directories, spawning the
+//! real binaries on port 0 (the port is read back from their log, so tests
+//! never race for ports), capturing their output, waiting on conditions with
+//! a deadline, and killing and reaping every process on `Drop`.
+
+#![allow(dead_code)]
+
+pub mod http;
+pub mod webdriver;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use self::http::{client, raw_request};
+
+/// Path of one of the package's binaries, built by cargo for the tests.
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "api-server" => PathBuf::from(env!("CARGO_BIN_EXE_api-server")),
+        "static-server" => PathBuf::from(env!("CARGO_BIN_EXE_static-server")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// The repository's `assets/` directory.
+pub fn assets_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
+}
+
+/// Polls `condition` until it holds or `timeout` passes; panics with `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Like [`wait_until`] but yields the first `Some`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lines a child printed, shared with the threads that read them.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<String>>>);
+
+impl Output {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+    pub fn contains(&self, needle: &str) -> bool {
+        self.lines().iter().any(|line| line.contains(needle))
+    }
+    fn capture(&self, stream: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<()> {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    }
+}
+
+/// A running child process, killed and reaped on drop; its output is
+/// printed with a prefix when the test fails.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub output: Output,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut command: Command) -> Proc {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let output = Output::default();
+        let readers = vec![
+            output.capture(child.stdout.take().unwrap()),
+            output.capture(child.stderr.take().unwrap()),
+        ];
+        Proc {
+            name: name.to_string(),
+            child,
+            output,
+            readers,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
+    }
+
+    /// Waits for exit within `timeout`; `None` if still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_some() {
+            return self.status;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                // Let the readers drain the pipes so output is complete.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Runs to completion (for commands expected to exit by themselves).
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = self
+            .wait_timeout(timeout)
+            .unwrap_or_else(|| panic!("{} did not exit within {timeout:?}", self.name));
+        (status, self.output.text())
+    }
+
+    /// Reads the port from the server's "listening on http://IP:PORT" line.
+    pub fn wait_for_port(&mut self) -> u16 {
+        let output = self.output.clone();
+        let name = self.name.clone();
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{name} to listen"),
+            || {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    panic!(
+                        "{name} exited with {status} before listening:\n{}",
+                        output.text()
+                    );
+                }
+                output.lines().iter().find_map(|line| {
+                    let (_, address) = line.split_once("listening on http://")?;
+                    address.trim().rsplit(':').next()?.parse().ok()
+                })
+            },
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            for line in self.output.lines() {
+                eprintln!("[{}] {line}", self.name);
+            }
+        }
+    }
+}
+
+/// A started `api-server` on a free port.
+pub struct ApiServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl ApiServer {
+    /// Starts `api-server --port 0 --database DB --name NAME [extra...]`.
+    pub fn start(database: &Path, name: &str, extra: &[&str]) -> ApiServer {
+        let mut command = Command::new(bin("api-server"));
+        command
+            .args(["--port", "0", "--name", name, "--database"])
+            .arg(database)
+            .args(extra)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info");
+        let mut proc = Proc::spawn(name, command);
+        let port = proc.wait_for_port();
+        ApiServer { proc, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// A started `static-server` serving `root` on a free port.
+pub struct StaticServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl StaticServer {
+    pub fn start(root: &Path) -> StaticServer {
+        let mut command = Command::new(bin("static-server"));
+        command.args(["--port", "0", "--path"]).arg(root);
+        let mut proc = Proc::spawn("static", command);
+        let port = proc.wait_for_port();
+        StaticServer { proc, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// A temporary directory holding a database path.
+pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gallery.db");
+    (dir, path)
+}
+
+/// Established TCP connections to a local listening `port` (from /proc).
+pub fn established_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let needle = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && fields[1].ends_with(&needle) && fields[3] == "01"
+        })
+        .count()
+}

@@ -1,0 +1,7 @@
+mod helpers;
+
+mod api;
+mod browser;
+mod concurrency;
+mod startup;
+mod static_files;
