@@ -15,8 +15,10 @@ pub mod cli;
 pub mod http;
 pub mod image;
 pub mod listen;
+pub mod nginx;
 pub mod static_files;
 pub mod store;
+pub mod supervisor;
 
 /// Turns a binary's result into its exit code, printing an error once.
 pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {

@@ -1,0 +1,41 @@
+//! Readiness probes: "does this child answer?" A TCP connect is not enough
+//! for our servers — the supervisor holds their sockets, so the kernel
+//! accepts a connection before any process does — so the probe sends a real
+//! HTTP request (hyper's client) and waits for a status.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+
+/// `GET path` answered with a status below 500 within `timeout`.
+pub async fn http_ok(address: SocketAddr, path: &str, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, http_status(address, path))
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|status| status < 500)
+}
+
+async fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
+    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, address.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    Some(response.status().as_u16())
+}
+
+/// A TCP connect succeeds within `timeout` (for nginx, which binds its own port).
+pub async fn tcp_open(address: SocketAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await,
+        Ok(Ok(_))
+    )
+}

@@ -1,0 +1,82 @@
+//! Starting one child process.
+//!
+//! Each child gets its own process group (so a terminal's Ctrl-C reaches
+//! only the supervisor, which then stops children in order, and so nginx's
+//! workers can be killed with their master), a parent-death signal (so no
+//! child outlives even a SIGKILLed supervisor), and, when it serves on a
+//! socket the supervisor owns, that socket as fd 3 with `LISTEN_FDS=1`
+//! (systemd's convention, read by `crate::listen`). `LISTEN_PID` is left
+//! unset, which readers of the convention (`listenfd`) take as "meant for
+//! you": setting it to the child's own pid would take a `setenv` between
+//! fork and exec, which is not async-signal-safe.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so
+//! every child is spawned from the supervisor's single runtime thread, which
+//! lives as long as the supervisor.
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use nix::sys::signal::Signal;
+
+/// Everything needed to start one generation of a child.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// A listening socket to hand over as fd 3.
+    pub listen_fd: Option<RawFd>,
+    /// Sent to the child when the supervisor dies: SIGKILL for our servers,
+    /// SIGTERM for nginx so its master takes its workers down with it.
+    pub parent_death_signal: Signal,
+}
+
+/// The fd a passed socket gets in the child (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: RawFd = 3;
+
+pub fn spawn(launch: &Launch) -> std::io::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(&launch.program);
+    command
+        .args(&launch.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    if launch.listen_fd.is_some() {
+        command.env("LISTEN_FDS", "1");
+    }
+    let supervisor = nix::unistd::getpid();
+    let listen_fd = launch.listen_fd;
+    let death_signal = launch.parent_death_signal;
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, fcntl, dup2, _exit); it
+    // allocates nothing and touches no lock.
+    unsafe {
+        command.pre_exec(move || {
+            use nix::libc;
+            nix::sys::prctl::set_pdeathsig(death_signal)?;
+            if nix::unistd::getppid() != supervisor {
+                // The supervisor died between fork and prctl.
+                libc::_exit(1);
+            }
+            if let Some(fd) = listen_fd {
+                if fd == LISTEN_FDS_START {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, LISTEN_FDS_START) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}

@@ -1,0 +1,175 @@
+//! `state.json`: what the supervisor tells the world about its children,
+//! rewritten atomically (write a temp file, then rename) on every change,
+//! and read back by `gallery-supervisor status`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::plan::Role;
+
+pub const STATE_FILE: &str = "state.json";
+
+/// A child's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Starting,
+    Running,
+    Backoff,
+    Failed,
+    Stopping,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Backoff => "backoff",
+            Phase::Failed => "failed",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildState {
+    pub name: String,
+    pub role: Role,
+    pub pid: Option<u32>,
+    pub port: u16,
+    pub state: Phase,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackState {
+    pub supervisor_pid: u32,
+    pub children: Vec<ChildState>,
+}
+
+pub fn path(run_dir: &Path) -> PathBuf {
+    run_dir.join(STATE_FILE)
+}
+
+/// Replaces `state.json` so that readers never see a half-written file.
+pub fn write(run_dir: &Path, state: &StackState) -> std::io::Result<()> {
+    let temp = run_dir.join(".state.json.tmp");
+    let mut text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
+    text.push('\n');
+    std::fs::write(&temp, text)?;
+    std::fs::rename(&temp, path(run_dir))
+}
+
+pub fn remove(run_dir: &Path) {
+    let _ = std::fs::remove_file(path(run_dir));
+}
+
+/// The table `gallery-supervisor status` prints.
+pub fn table(state: &StackState) -> String {
+    let mut out = format!("supervisor pid {}\n", state.supervisor_pid);
+    let _ = writeln!(
+        out,
+        "{:<8} {:<7} {:>8} {:>6}  {:<9} {:>8}  LAST EXIT",
+        "NAME", "ROLE", "PID", "PORT", "STATE", "RESTARTS"
+    );
+    for child in &state.children {
+        let role = serde_json::to_value(child.role).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<8} {:<7} {:>8} {:>6}  {:<9} {:>8}  {}",
+            child.name,
+            role.as_str().unwrap_or("?"),
+            child.pid.map_or("-".to_string(), |p| p.to_string()),
+            child.port,
+            child.state.as_str(),
+            child.restarts,
+            child.last_exit.as_deref().unwrap_or("-"),
+        );
+    }
+    out
+}
+
+/// `gallery-supervisor status [--json]`.
+pub fn print_status(run_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let file = path(run_dir);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no gallery-supervisor is running with run directory {} (no {STATE_FILE})",
+            run_dir.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let state: StackState = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a gallery state file", file.display()))?;
+    let alive = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(state.supervisor_pid as i32),
+        None,
+    )
+    .is_ok();
+    anyhow::ensure!(
+        alive,
+        "the supervisor (pid {}) that wrote {} is no longer running",
+        state.supervisor_pid,
+        file.display()
+    );
+    if json {
+        print!("{text}");
+    } else {
+        print!("{}", table(&state));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StackState {
+        StackState {
+            supervisor_pid: 41,
+            children: vec![ChildState {
+                name: "api-1".into(),
+                role: Role::Api,
+                pid: Some(42),
+                port: 8083,
+                state: Phase::Running,
+                restarts: 0,
+                last_exit: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn serialises_in_the_documented_shape() {
+        let value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"supervisor_pid": 41, "children": [{"name": "api-1", "role": "api",
+                "pid": 42, "port": 8083, "state": "running", "restarts": 0, "last_exit": null}]})
+        );
+    }
+
+    #[test]
+    fn writes_atomically_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &sample()).unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert_eq!(serde_json::from_str::<StackState>(&text).unwrap(), sample());
+        assert!(!dir.path().join(".state.json.tmp").exists());
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_child() {
+        let text = table(&sample());
+        assert!(
+            text.contains("api-1    api           42   8083  running          0  -"),
+            "{text}"
+        );
+    }
+}
