@@ -26,10 +26,21 @@ pub fn render(plan: &Plan) -> String {
     let bind = host(plan.bind);
     let mut api_servers = String::new();
     for port in &plan.api_ports {
-        // max_fails is ignored in an upstream of one server; harmless there.
         writeln!(
             api_servers,
-            "        server {bind}:{port} max_fails=3 fail_timeout=2s;"
+            "        server {bind}:{port} max_fails=3 fail_timeout=1s;"
+        )
+        .unwrap();
+    }
+    // The same workers again as backups that are never marked down: a
+    // SIGKILLed worker resets a burst of connections and gets marked down
+    // although its next generation answers within milliseconds on the same
+    // socket; should every worker be marked down at once, nginx tries these
+    // instead of answering 502 "no live upstreams".
+    for port in &plan.api_ports {
+        writeln!(
+            api_servers,
+            "        server {bind}:{port} backup max_fails=0;"
         )
         .unwrap();
     }
@@ -185,7 +196,7 @@ mod tests {
         for port in [8083, 8084, 8085] {
             assert!(
                 text.contains(&format!(
-                    "server 127.0.0.1:{port} max_fails=3 fail_timeout=2s;"
+                    "server 127.0.0.1:{port} max_fails=3 fail_timeout=1s;"
                 )),
                 "{port}"
             );

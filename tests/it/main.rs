@@ -3,5 +3,8 @@ mod helpers;
 mod api;
 mod browser;
 mod concurrency;
+mod foreman;
 mod startup;
 mod static_files;
+mod supervisor;
+mod supervisor_startup;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod supervisor;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
@@ -21,6 +22,7 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "api-server" => PathBuf::from(env!("CARGO_BIN_EXE_api-server")),
         "static-server" => PathBuf::from(env!("CARGO_BIN_EXE_static-server")),
+        "gallery-supervisor" => PathBuf::from(env!("CARGO_BIN_EXE_gallery-supervisor")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -254,4 +256,60 @@ pub fn established_connections(port: u16) -> usize {
             fields.len() > 3 && fields[1].ends_with(&needle) && fields[3] == "01"
         })
         .count()
+}
+
+/// A port that was free a moment ago (for nginx, which binds its own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            state != Some("Z") && state != Some("X")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Every live process in process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let fields: Vec<&str> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                fields.first() != Some(&"Z")
+                    && fields.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
+            })
+        })
+        .collect()
+}
+
+/// The nginx binary (Debian puts it in /usr/sbin, which may not be on PATH).
+pub fn nginx() -> PathBuf {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("nginx"))
 }

@@ -1,0 +1,131 @@
+//! SPEC §8: the Procfile under the real `foreman`, and the checked-in
+//! top-level nginx.conf.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{Proc, bin, client, wait_for};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_top_level_nginx_conf_is_what_nginx_config_prints_for_the_procfile_ports() {
+    let generated = Command::new(bin("gallery-supervisor"))
+        .arg("nginx-config")
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let checked_in = std::fs::read_to_string(repo().join("nginx.conf")).unwrap();
+    assert_eq!(
+        String::from_utf8(generated.stdout).unwrap(),
+        checked_in,
+        "regenerate with: gallery-supervisor nginx-config > nginx.conf"
+    );
+    let procfile = std::fs::read_to_string(repo().join("Procfile")).unwrap();
+    for port in ["--port 8082", "--port 8083", "--port 8084", "--port 8085"] {
+        assert!(procfile.contains(port), "{port}");
+    }
+}
+
+#[test]
+fn the_top_level_nginx_conf_passes_nginx_t() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    let prefix = format!("{}/", dir.path().display());
+    let output = Command::new(crate::helpers::nginx())
+        .args(["-t", "-e", "stderr", "-p", &prefix, "-c"])
+        .arg(repo().join("nginx.conf"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.contains("test is successful"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn foreman_start_serves_the_same_site() {
+    for port in [8080, 8082, 8083, 8084, 8085] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "the Procfile's port {port} must be free for this test"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(repo().join("nginx.conf"), dir.path().join("nginx.conf")).unwrap();
+    std::os::unix::fs::symlink(crate::helpers::assets_dir(), dir.path().join("assets")).unwrap();
+    let bin_dir = bin("api-server").parent().unwrap().to_path_buf();
+    let mut command = Command::new("foreman");
+    command
+        .arg("start")
+        .arg("-f")
+        .arg(repo().join("Procfile"))
+        .arg("-d")
+        .arg(dir.path())
+        .env("GALLERY_BIN", &bin_dir)
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env_remove("DATABASE_URL");
+    let mut foreman = Proc::spawn("foreman", command);
+    let images: Vec<Value> = wait_for(Duration::from_secs(30), "the site on port 8080", || {
+        if let Some(status) = foreman.child.try_wait().unwrap() {
+            panic!("foreman exited with {status}:\n{}", foreman.output.text());
+        }
+        let response = client()
+            .get("http://127.0.0.1:8080/api/images.json")
+            .send()
+            .ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        response.json().ok()
+    });
+    assert_eq!(images.len(), 3);
+    assert!(
+        dir.path().join("gallery.db").is_file(),
+        "gallery.db in the working directory"
+    );
+    let page = client()
+        .get("http://127.0.0.1:8080/")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("script.js"));
+    let workers: std::collections::HashSet<String> = (0..9)
+        .map(|_| {
+            let r = client()
+                .get("http://127.0.0.1:8080/api/health")
+                .send()
+                .unwrap();
+            r.headers()["x-worker"].to_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    foreman.signal(nix::sys::signal::Signal::SIGTERM);
+    foreman
+        .wait_timeout(Duration::from_secs(15))
+        .expect("foreman stops");
+    crate::helpers::wait_until(
+        Duration::from_secs(10),
+        "the Procfile's ports to be released",
+        || {
+            [8080, 8082, 8083, 8084, 8085]
+                .iter()
+                .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        },
+    );
+}

@@ -1,0 +1,361 @@
+//! `gallery-supervisor` end to end (SPEC §6, §7): the real binaries, a real
+//! nginx, a temp SQLite file, free ports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::helpers::supervisor::Supervisor;
+use crate::helpers::{client, is_alive, wait_until};
+
+fn kill(pid: i32, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+}
+
+/// Waits until `name` runs under a pid other than `old` and answers; returns the time taken.
+fn wait_for_replacement(stack: &Supervisor, name: &str, old: i32, killed_at: Instant) -> Duration {
+    let port = stack.child(name)["port"].as_u64().unwrap();
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{name} to come back"),
+        || {
+            let child = stack.child(name);
+            let Some(pid) = child["pid"].as_i64() else {
+                return false;
+            };
+            if pid as i32 == old || child["state"] != "running" {
+                return false;
+            }
+            let path = if name.starts_with("api") {
+                "/health"
+            } else {
+                "/"
+            };
+            quick
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+        },
+    );
+    killed_at.elapsed()
+}
+
+#[test]
+fn the_stack_serves_the_page_and_the_api_and_announces_every_process() {
+    let stack = Supervisor::start(&[]);
+    let page = client().get(stack.url("/")).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().unwrap().contains("script.js"));
+    let images: Vec<Value> = client()
+        .get(stack.url("/api/images.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(images.len(), 3);
+    let svg = client().get(stack.url("/images/cat.svg")).send().unwrap();
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    let output = stack.proc.output.text();
+    for name in ["static", "api-1", "api-2", "api-3", "nginx"] {
+        let child = stack.child(name);
+        let line = format!(
+            "{name:<10}  pid {:>7}  port {}",
+            child["pid"], child["port"]
+        );
+        assert!(output.contains(&line), "{line:?} in\n{output}");
+        assert_eq!(child["state"], "running");
+    }
+    // Load balancing: three workers answer in turn.
+    let workers: std::collections::HashSet<String> = (0..12)
+        .map(|_| {
+            let r = client().get(stack.url("/api/health")).send().unwrap();
+            r.headers()["x-worker"].to_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+}
+
+#[test]
+fn killed_worker_is_restarted_without_failed_requests() {
+    const REQUESTS: usize = 20_000;
+    const CONNECTIONS: usize = 25;
+    const KILLS: usize = 5;
+    let stack = Arc::new(Supervisor::start(&[]));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (sent, url) = (sent.clone(), stack.url("/api/images.json"));
+            std::thread::spawn(move || {
+                let client = client();
+                let mut failures = Vec::new();
+                while sent.fetch_add(1, Ordering::SeqCst) < REQUESTS {
+                    match client.get(&url).send() {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes();
+                        }
+                        Ok(r) => failures.push(format!("status {}", r.status())),
+                        Err(e) => failures.push(format!("error {e}")),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let mut recoveries = Vec::new();
+    for k in 0..KILLS {
+        let target = (k + 1) * REQUESTS / (KILLS + 2);
+        wait_until(Duration::from_secs(120), "requests to progress", || {
+            sent.load(Ordering::SeqCst) >= target
+        });
+        let name = format!("api-{}", k % 3 + 1);
+        let old = stack.pid_of(&name).unwrap();
+        let killed_at = Instant::now();
+        kill(old, Signal::SIGKILL);
+        let took = wait_for_replacement(&stack, &name, old, killed_at);
+        assert!(
+            took < Duration::from_secs(1),
+            "{name} took {took:?} to come back"
+        );
+        recoveries.push((name, took));
+    }
+    let mut failures = Vec::new();
+    for thread in clients {
+        failures.extend(thread.join().unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{REQUESTS} GETs through nginx, {CONNECTIONS} connections, {KILLS} SIGKILLs in {elapsed:.1?}: {} failed; recoveries: {recoveries:?}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    for (name, _) in &recoveries {
+        assert!(stack.child(name)["restarts"].as_u64().unwrap() >= 1);
+    }
+    assert!(stack.proc.output.contains("exited: signal 9 (SIGKILL)"));
+}
+
+#[test]
+fn sigterm_stops_the_stack_with_exit_0_and_leaves_no_child() {
+    let mut stack = Supervisor::start(&["--grace-period", "5"]);
+    let pids = stack.all_pids();
+    assert!(pids.len() >= 6, "children and nginx workers: {pids:?}");
+    let signalled = Instant::now();
+    stack.proc.signal(Signal::SIGTERM);
+    let status = stack
+        .proc
+        .wait_timeout(Duration::from_secs(7))
+        .expect("exit within the grace period");
+    assert_eq!(status.code(), Some(0), "{}", stack.proc.output.text());
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    let left: Vec<i32> = pids.into_iter().filter(|&p| is_alive(p)).collect();
+    assert!(left.is_empty(), "still running: {left:?}");
+    assert!(!stack.run_dir().join("state.json").exists());
+    let output = stack.proc.output.text();
+    let stopped = |name: &str| {
+        output
+            .lines()
+            .position(|l| l.contains(&format!("| {name} (pid")) && l.contains(") stopped: "))
+            .unwrap_or_else(|| panic!("{name} stop logged in:\n{output}"))
+    };
+    let (nginx_stop, api_stop) = (stopped("nginx"), stopped("api-1"));
+    assert!(nginx_stop < api_stop, "nginx stops first:\n{output}");
+}
+
+#[test]
+fn a_sigkilled_supervisor_leaves_no_child_behind() {
+    let mut stack = Supervisor::start(&[]);
+    let pids = stack.all_pids();
+    stack.proc.signal(Signal::SIGKILL);
+    stack
+        .proc
+        .wait_timeout(Duration::from_secs(2))
+        .expect("the supervisor died");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    wait_until(Duration::from_secs(2), "every child to die", || {
+        pids.iter().all(|&p| !is_alive(p))
+    });
+    assert!(Instant::now() <= deadline);
+}
+
+#[test]
+fn killed_static_server_and_nginx_are_restarted() {
+    let stack = Supervisor::start(&[]);
+    for name in ["static", "nginx"] {
+        let old = stack.pid_of(name).unwrap();
+        let old_group = crate::helpers::group_members(old);
+        kill(old, Signal::SIGKILL);
+        let took = wait_for_replacement(&stack, name, old, Instant::now());
+        eprintln!("{name} back in {took:?}");
+        assert_eq!(
+            client().get(stack.url("/")).send().unwrap().status(),
+            200,
+            "{name}"
+        );
+        assert_eq!(
+            client()
+                .get(stack.url("/api/health"))
+                .send()
+                .unwrap()
+                .status(),
+            200
+        );
+        wait_until(
+            Duration::from_secs(2),
+            "the old process group to be gone",
+            || old_group.iter().all(|&p| !is_alive(p)),
+        );
+        assert_eq!(stack.child(name)["restarts"], 1);
+        assert_eq!(stack.child(name)["last_exit"], "signal 9 (SIGKILL)");
+    }
+}
+
+#[test]
+fn a_worker_that_crashes_on_start_is_marked_failed_and_the_site_keeps_serving() {
+    let dir = Supervisor::temp_dir();
+    let wrapper = dir.path().join("flaky-api-server");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *'--name api-2 '*) echo 'api-2: simulated crash' >&2; exit 3;; esac\nexec {} \"$@\"\n",
+            crate::helpers::bin("api-server").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = wrapper.to_str().unwrap().to_string();
+    let stack = Supervisor::start_in(dir, &["--api-server", &wrapper]);
+    let failed = stack.child("api-2");
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["last_exit"], "exit code 3");
+    assert_eq!(
+        failed["restarts"], 4,
+        "restarted until the limit of 5 exits"
+    );
+    assert!(
+        stack
+            .proc
+            .output
+            .contains("api-2 exited 5 times within 30 s: marked failed")
+    );
+    // Its socket is closed, so nginx skips it without waiting.
+    let port = failed["port"].as_u64().unwrap() as u16;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let response = client().get(stack.url("/api/images.json")).send().unwrap();
+        assert_eq!(response.status(), 200);
+        seen.insert(response.headers()["x-worker"].to_str().unwrap().to_string());
+    }
+    assert_eq!(seen, ["api-1".to_string(), "api-3".to_string()].into());
+}
+
+#[test]
+fn status_prints_a_table_and_the_raw_state() {
+    let stack = Supervisor::start(&["--api-workers", "2"]);
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(crate::helpers::bin("gallery-supervisor"))
+            .current_dir(stack.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let table = run(&["status"]);
+    for name in ["static", "api-1", "api-2", "nginx"] {
+        let pid = stack.pid_of(name).unwrap().to_string();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(row.contains(&pid) && row.contains("running"), "{row}");
+    }
+    for args in [
+        &["status", "--json"][..],
+        &["--run-dir", ".gallery", "status", "--json"],
+        &["status", "--json", "--run-dir", ".gallery"],
+    ] {
+        let state: Value = serde_json::from_str(&run(args)).unwrap();
+        assert_eq!(state["supervisor_pid"], stack.proc.pid());
+        let names: Vec<&str> = state["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["static", "api-1", "api-2", "nginx"]);
+        let keys: Vec<&String> = state["children"][1].as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 7, "{keys:?}");
+    }
+}
+
+#[test]
+fn nginx_answers_its_own_errors_under_api_as_json() {
+    let stack = Supervisor::start(&["--api-workers", "1"]);
+    let big = format!(
+        r#"{{"title": "t", "alt_text": "a", "url": "/x", "pad": "{}"}}"#,
+        "p".repeat(70_000)
+    );
+    let response = client()
+        .post(stack.url("/api/images.json"))
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().unwrap();
+    assert!(body["error"].as_str().unwrap().contains("64 KiB"));
+    // A worker's own errors pass through untouched.
+    let response = client()
+        .get(stack.url("/api/images.json?indent=x"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.headers().get("x-worker").is_some());
+    assert!(
+        response
+            .headers()
+            .get("server")
+            .is_none_or(|s| s == "nginx"),
+        "server_tokens off"
+    );
+}
+
+#[test]
+fn a_post_through_nginx_is_stored_once() {
+    let stack = Supervisor::start(&[]);
+    let response = client()
+        .post(stack.url("/api/images.json?indent=2"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"title": "Cat", "alt_text": "A cool cat", "url": "https://images.unsplash.com/photo-1533738363-b7f9aef128ce"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let images: Vec<Value> = client()
+        .get(stack.url("/api/images.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(images.len(), 4);
+}

@@ -1,0 +1,126 @@
+//! Bad starts of `gallery-supervisor` (SPEC §6): each fails within seconds
+//! with one clear line naming the problem and a non-zero exit.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::helpers::Proc;
+use crate::helpers::supervisor::Supervisor;
+
+/// Runs the supervisor expecting a fast failure; returns its error line.
+fn fails(dir: &std::path::Path, extra: &[&str]) -> String {
+    let started = Instant::now();
+    let command: Command = Supervisor::command(dir, extra);
+    let (status, output) = Proc::spawn("supervisor", command).finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!output.contains("panicked"), "{output}");
+    let errors: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line in:\n{output}");
+    errors[0].to_string()
+}
+
+fn assert_mentions(line: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(line.contains(needle), "{needle:?} in {line:?}");
+    }
+}
+
+#[test]
+fn a_missing_nginx_says_how_to_install_it() {
+    let dir = Supervisor::temp_dir();
+    let line = fails(dir.path(), &["--nginx", "/nonexistent/sbin/nginx"]);
+    assert_mentions(
+        &line,
+        &["nginx not found", "apt-get install nginx", "--nginx"],
+    );
+    let line = fails(dir.path(), &["--nginx", "no-such-nginx-binary"]);
+    assert_mentions(&line, &["nginx not found on PATH", "--nginx"]);
+}
+
+#[test]
+fn a_port_in_use_is_named() {
+    let dir = Supervisor::temp_dir();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let line = fails(dir.path(), &["--static-port", &port]);
+    assert_mentions(
+        &line,
+        &["static", &format!("port {port}"), "already in use"],
+    );
+    let line = fails(
+        dir.path(),
+        &["--api-base-port", &port, "--api-workers", "1"],
+    );
+    assert_mentions(&line, &["api-1", &format!("port {port}"), "already in use"]);
+    let line = fails(dir.path(), &["--port", &port]);
+    assert_mentions(&line, &["nginx", &format!("port {port}"), "already in use"]);
+}
+
+#[test]
+fn an_unusable_database_is_named() {
+    let dir = Supervisor::temp_dir();
+    let line = fails(dir.path(), &["--database", "missing-dir/gallery.db"]);
+    assert_mentions(&line, &["cannot open database", "missing-dir/gallery.db"]);
+    std::fs::write(
+        dir.path().join("text.db"),
+        "not a database, just text ".repeat(50),
+    )
+    .unwrap();
+    let line = fails(dir.path(), &["--database", "text.db"]);
+    assert_mentions(&line, &["text.db is not an SQLite database"]);
+    let line = fails(dir.path(), &["--database", "postgres://localhost/gallery"]);
+    assert_mentions(&line, &["PostgreSQL", "sqlite://PATH"]);
+}
+
+#[test]
+fn a_missing_assets_directory_is_named() {
+    let dir = Supervisor::temp_dir();
+    let line = fails(dir.path(), &["--assets", "no-such-assets"]);
+    assert_mentions(
+        &line,
+        &["assets directory no-such-assets does not exist", "--assets"],
+    );
+}
+
+#[test]
+fn a_second_supervisor_on_the_same_run_directory_is_refused() {
+    let first = Supervisor::start(&["--api-workers", "1"]);
+    let line = fails(first.dir.path(), &["--api-workers", "1"]);
+    assert_mentions(
+        &line,
+        &[
+            &format!("another gallery-supervisor (pid {})", first.proc.pid()),
+            "already running",
+            ".gallery",
+        ],
+    );
+}
+
+#[test]
+fn nginx_config_prints_the_config_for_the_given_flags() {
+    let output = Command::new(crate::helpers::bin("gallery-supervisor"))
+        .args([
+            "nginx-config",
+            "--port",
+            "9000",
+            "--api-workers",
+            "2",
+            "--api-base-port",
+            "9100",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("listen 127.0.0.1:9000;"));
+    assert!(text.contains("server 127.0.0.1:9100 ") && text.contains("server 127.0.0.1:9101 "));
+    assert!(!text.contains(":9102"));
+}
