@@ -44,6 +44,13 @@ pub fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> anyhow
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!("{name} listening on http://{}", listener.local_addr()?);
+        // Without TCP_NODELAY a response written in two parts (headers, then
+        // a file body) waits ~40 ms for the client's delayed ACK (Nagle).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::warn!("cannot set TCP_NODELAY: {error}");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
