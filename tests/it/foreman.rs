@@ -80,6 +80,7 @@ fn foreman_start_serves_the_same_site() {
         )
         .env_remove("DATABASE_URL");
     let mut foreman = Proc::spawn("foreman", command);
+    foreman.terminate_on_drop = true;
     let images: Vec<Value> = wait_for(Duration::from_secs(30), "the site on port 8080", || {
         if let Some(status) = foreman.child.try_wait().unwrap() {
             panic!("foreman exited with {status}:\n{}", foreman.output.text());

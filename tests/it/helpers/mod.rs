@@ -91,6 +91,9 @@ pub struct Proc {
     pub output: Output,
     readers: Vec<std::thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
+    /// Send SIGTERM and wait before the SIGKILL on drop (for process
+    /// managers such as foreman, whose children outlive a SIGKILL).
+    pub terminate_on_drop: bool,
 }
 
 impl Proc {
@@ -179,6 +182,10 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.status.is_none() && self.terminate_on_drop {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = self.wait_timeout(Duration::from_secs(10));
+        }
         if self.status.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
