@@ -116,6 +116,7 @@ impl Proc {
             output,
             readers,
             status: None,
+            terminate_on_drop: false,
         }
     }
 
