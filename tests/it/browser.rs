@@ -1,1 +1,127 @@
+//! SPEC §5 in a real browser: headless Chromium loads the page from
+//! `static-server` with the API on another origin (CORS), renders the seeded
+//! images, and adds one through the form without a reload.
 
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::webdriver::Browser;
+use crate::helpers::{ApiServer, StaticServer, assets_dir, client, temp_db, wait_for, wait_until};
+
+fn titles(browser: &Browser) -> Vec<String> {
+    browser
+        .find_all("#gallery .card .title")
+        .iter()
+        .map(|e| browser.text(e))
+        .collect()
+}
+
+#[test]
+fn page_renders_seeded_images_from_another_origin_and_adds_one_through_the_form() {
+    let (_dir, db) = temp_db();
+    let api = ApiServer::start(&db, "api-1", &[]);
+    let site = StaticServer::start(&assets_dir());
+    let browser = Browser::start();
+    browser.navigate(&site.url(&format!("/?api=http://127.0.0.1:{}", api.port)));
+
+    wait_until(Duration::from_secs(20), "three cards", || {
+        browser.find_all(".card").len() == 3
+    });
+    assert_eq!(titles(&browser), ["Sunset", "Mountain", "Cat"]);
+    wait_until(Duration::from_secs(20), "the SVG images to load", || {
+        browser.execute(
+            "return [...document.querySelectorAll('#gallery img')]
+                 .every(img => img.complete && img.naturalWidth > 0);",
+        ) == json!(true)
+    });
+    let alts = browser
+        .execute("return [...document.querySelectorAll('#gallery .alt')].map(p => p.textContent);");
+    assert_eq!(alts[0], "A warm sunset over the sea");
+    let status = browser.text(&browser.find("#status"));
+    assert!(status.is_empty(), "status after loading: {status:?}");
+    assert_eq!(
+        browser.text(&browser.find("#api-base")),
+        format!("http://127.0.0.1:{}", api.port)
+    );
+
+    // Add an image whose title looks like HTML: it must show as text.
+    let title = "<b>Dog</b> & co";
+    browser.execute("window.__marker = 42; return null;");
+    browser.send_keys(&browser.find("#title"), title);
+    browser.send_keys(&browser.find("#alt_text"), "A good dog");
+    browser.send_keys(&browser.find("#url"), "/images/cat.svg");
+    browser.click(&browser.find("#add-submit"));
+    wait_until(Duration::from_secs(20), "the fourth card", || {
+        browser.find_all(".card").len() == 4
+    });
+    assert_eq!(titles(&browser).last().map(String::as_str), Some(title));
+    assert_eq!(
+        browser.execute("return document.querySelectorAll('#gallery b').length;"),
+        json!(0)
+    );
+    assert_eq!(
+        browser.execute("return window.__marker;"),
+        json!(42),
+        "no reload"
+    );
+    let message = wait_for(Duration::from_secs(5), "the form message", || {
+        Some(browser.text(&browser.find("#form-message"))).filter(|m| m.starts_with("Added"))
+    });
+
+    let stored: Vec<Value> = client()
+        .get(api.url("/images.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stored.len(), 4);
+    assert_eq!(stored[3]["title"], title);
+    eprintln!(
+        "browser saw {:?}, then added {title:?} through the form ({message:?}); API holds {} images",
+        titles(&browser),
+        stored.len()
+    );
+}
+
+#[test]
+fn page_reports_validation_errors_and_api_failures() {
+    let (_dir, db) = temp_db();
+    let api = ApiServer::start(&db, "api-1", &[]);
+    let site = StaticServer::start(&assets_dir());
+    let browser = Browser::start();
+    browser.navigate(&site.url(&format!("/?api=http://127.0.0.1:{}", api.port)));
+    wait_until(Duration::from_secs(20), "three cards", || {
+        browser.find_all(".card").len() == 3
+    });
+
+    browser.send_keys(&browser.find("#title"), "Bad");
+    browser.send_keys(&browser.find("#url"), "javascript:alert(1)");
+    browser.click(&browser.find("#add-submit"));
+    let message = wait_for(Duration::from_secs(10), "the API's error message", || {
+        Some(browser.text(&browser.find("#form-message"))).filter(|m| m.contains("url"))
+    });
+    assert!(message.contains("absolute http(s) URL"), "{message}");
+    assert_eq!(browser.find_all(".card").len(), 3);
+
+    // An empty gallery: "No images available."
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DELETE FROM images")
+        .unwrap();
+    browser.navigate(&site.url(&format!("/?api=http://127.0.0.1:{}", api.port)));
+    wait_until(Duration::from_secs(20), "the empty-gallery message", || {
+        browser.text(&browser.find("#status")) == "No images available."
+    });
+    assert!(browser.find_all(".card").is_empty());
+
+    // An API that is not there: "Something went wrong."
+    drop(api);
+    browser.navigate(&site.url(&format!(
+        "/?api=http://127.0.0.1:{}",
+        crate::helpers::free_port()
+    )));
+    wait_until(Duration::from_secs(20), "the failure message", || {
+        browser.text(&browser.find("#status")) == "Something went wrong."
+    });
+}

@@ -65,7 +65,10 @@ fn the_stack_serves_the_page_and_the_api_and_announces_every_process() {
     let output = stack.proc.output.text();
     for name in ["static", "api-1", "api-2", "api-3", "nginx"] {
         let child = stack.child(name);
-        let (pid, port) = (child["pid"].as_i64().unwrap(), child["port"].as_i64().unwrap());
+        let (pid, port) = (
+            child["pid"].as_i64().unwrap(),
+            child["port"].as_i64().unwrap(),
+        );
         let line = format!("{name:<10}  pid {pid:>7}  port {port}");
         assert!(output.contains(&line), "{line:?} in\n{output}");
         assert_eq!(child["state"], "running");
