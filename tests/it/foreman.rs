@@ -130,3 +130,43 @@ fn foreman_start_serves_the_same_site() {
         },
     );
 }
+
+#[test]
+fn nginx_errors_under_api_are_json_when_no_worker_answers() {
+    // The generated config, run by the real nginx, with nothing behind it.
+    let closed = crate::helpers::free_port().to_string();
+    let front = crate::helpers::free_port();
+    let config = Command::new(bin("gallery-supervisor"))
+        .args([
+            "nginx-config",
+            "--port",
+            &front.to_string(),
+            "--static-port",
+            &closed,
+        ])
+        .args(["--api-base-port", &closed, "--api-workers", "1"])
+        .output()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    std::fs::write(dir.path().join("nginx.conf"), config.stdout).unwrap();
+    let mut command = Command::new(crate::helpers::nginx());
+    command
+        .args(["-e", "stderr", "-c", "nginx.conf", "-p"])
+        .arg(format!("{}/", dir.path().display()));
+    let mut nginx = Proc::spawn("nginx", command);
+    nginx.terminate_on_drop = true;
+    let response = wait_for(Duration::from_secs(10), "nginx to answer", || {
+        client()
+            .get(format!("http://127.0.0.1:{front}/api/images.json"))
+            .send()
+            .ok()
+    });
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("no API worker"),
+        "{body}"
+    );
+}

@@ -219,3 +219,25 @@ fn every_request_is_logged() {
         output.contains("GET /style.css 200") && output.contains("GET /missing 404")
     });
 }
+
+#[test]
+fn the_gallery_page_loads_nothing_from_other_hosts() {
+    let assets = crate::helpers::assets_dir();
+    for file in ["index.html", "style.css", "script.js"] {
+        let text = std::fs::read_to_string(assets.join(file)).unwrap();
+        for needle in ["http://", "https://", "@import", "fonts.googleapis", "cdn"] {
+            assert!(!text.contains(needle), "{file} mentions {needle:?}");
+        }
+        assert!(
+            !text.contains("innerHTML") && !text.contains("insertAdjacentHTML"),
+            "{file}"
+        );
+    }
+    for image in ["sunset", "mountain", "cat"] {
+        let svg = std::fs::read_to_string(assets.join(format!("images/{image}.svg"))).unwrap();
+        assert!(
+            !svg.contains("href") && !svg.contains("<script"),
+            "{image}.svg"
+        );
+    }
+}

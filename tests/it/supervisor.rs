@@ -360,3 +360,49 @@ fn a_post_through_nginx_is_stored_once() {
         .unwrap();
     assert_eq!(images.len(), 4);
 }
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let mut stack = Supervisor::start(&["--api-workers", "1", "--grace-period", "30"]);
+    let pids = stack.all_pids();
+    // Keep a POST in flight (waiting on a database lock) so the graceful stop
+    // has something to wait for.
+    let holder = rusqlite::Connection::open(stack.dir.path().join("gallery.db")).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let url = stack.url("/api/images.json");
+    let in_flight = std::thread::spawn(move || {
+        client()
+            .post(url)
+            .body(r#"{"title": "t", "alt_text": "", "url": "/t"}"#)
+            .send()
+    });
+    let api_port = stack.child("api-1")["port"].as_u64().unwrap() as u16;
+    wait_until(
+        Duration::from_secs(5),
+        "the POST to reach the worker",
+        || crate::helpers::established_connections(api_port) > 0,
+    );
+    stack.proc.signal(Signal::SIGTERM);
+    let output = stack.proc.output.clone();
+    wait_until(Duration::from_secs(5), "the graceful stop to begin", || {
+        output.contains("SIGTERM received")
+    });
+    let second = Instant::now();
+    stack.proc.signal(Signal::SIGINT);
+    let status = stack
+        .proc
+        .wait_timeout(Duration::from_secs(5))
+        .expect("stopped at once");
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        second.elapsed()
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(output.contains("stopped at once on a second signal"));
+    wait_until(Duration::from_secs(2), "every child to be gone", || {
+        pids.iter().all(|&p| !is_alive(p))
+    });
+    drop(holder);
+    let _ = in_flight.join();
+}
