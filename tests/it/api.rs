@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ApiServer, client, temp_db, wait_until};
+use crate::helpers::{ApiServer, ORIGINAL_POST, client, get_json, post_form, temp_db, wait_until};
 
 fn start() -> (tempfile::TempDir, std::path::PathBuf, ApiServer) {
     let (dir, db) = temp_db();
@@ -14,12 +14,7 @@ fn start() -> (tempfile::TempDir, std::path::PathBuf, ApiServer) {
 }
 
 fn titles(server: &ApiServer) -> Vec<String> {
-    let images: Vec<Value> = client()
-        .get(server.url("/images.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let images: Vec<Value> = get_json(&server.url("/images.json"));
     images
         .iter()
         .map(|i| i["title"].as_str().unwrap().to_string())
@@ -27,12 +22,7 @@ fn titles(server: &ApiServer) -> Vec<String> {
 }
 
 fn post(server: &ApiServer, body: &str) -> reqwest::blocking::Response {
-    client()
-        .post(server.url("/images.json"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.to_string())
-        .send()
-        .unwrap()
+    post_form(&server.url("/images.json"), body)
 }
 
 /// Asserts a JSON error body `{"error": ...}` and returns the message.
@@ -67,12 +57,7 @@ fn get_lists_the_seeded_images_as_a_json_array_with_ids_in_insertion_order() {
 #[test]
 fn seeded_urls_name_files_that_exist_under_assets() {
     let (_dir, _db, server) = start();
-    let images: Vec<Value> = client()
-        .get(server.url("/images.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let images: Vec<Value> = get_json(&server.url("/images.json"));
     for image in images {
         let url = image["url"].as_str().unwrap();
         let path = crate::helpers::assets_dir().join(url.trim_start_matches('/'));
@@ -151,7 +136,7 @@ fn post_with_curl_form_content_type_stores_and_returns_the_image() {
     let response = client()
         .post(server.url("/images.json?indent=2"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(r#"{"title": "Cat", "alt_text": "A cool cat", "url": "https://images.unsplash.com/photo-1533738363-b7f9aef128ce"}"#)
+        .body(ORIGINAL_POST)
         .send()
         .unwrap();
     assert_eq!(response.status(), 200);

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::webdriver::Browser;
-use crate::helpers::{ApiServer, StaticServer, assets_dir, client, temp_db, wait_for, wait_until};
+use crate::helpers::{
+    ApiServer, StaticServer, assets_dir, get_json, temp_db, wait_for, wait_until,
+};
 
 fn titles(browser: &Browser) -> Vec<String> {
     browser
@@ -17,18 +19,47 @@ fn titles(browser: &Browser) -> Vec<String> {
         .collect()
 }
 
+/// The page served by `static-server`, calling an `api-server` on another
+/// origin, opened in the browser once its three seeded cards are shown.
+struct Gallery {
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    api: ApiServer,
+    site: StaticServer,
+    browser: Browser,
+}
+
+impl Gallery {
+    fn open() -> Gallery {
+        let (dir, db) = temp_db();
+        let api = ApiServer::start(&db, "api-1", &[]);
+        let site = StaticServer::start(&assets_dir());
+        let browser = Browser::start();
+        let gallery = Gallery {
+            _dir: dir,
+            db,
+            api,
+            site,
+            browser,
+        };
+        gallery.load_page(gallery.api.port);
+        wait_until(Duration::from_secs(20), "three cards", || {
+            gallery.browser.find_all(".card").len() == 3
+        });
+        gallery
+    }
+
+    fn load_page(&self, api_port: u16) {
+        self.browser
+            .navigate(&self.site.url(&format!("/?api=http://127.0.0.1:{api_port}")));
+    }
+}
+
 #[test]
 fn page_renders_seeded_images_from_another_origin_and_adds_one_through_the_form() {
-    let (_dir, db) = temp_db();
-    let api = ApiServer::start(&db, "api-1", &[]);
-    let site = StaticServer::start(&assets_dir());
-    let browser = Browser::start();
-    browser.navigate(&site.url(&format!("/?api=http://127.0.0.1:{}", api.port)));
-
-    wait_until(Duration::from_secs(20), "three cards", || {
-        browser.find_all(".card").len() == 3
-    });
-    assert_eq!(titles(&browser), ["Sunset", "Mountain", "Cat"]);
+    let gallery = Gallery::open();
+    let (browser, api) = (&gallery.browser, &gallery.api);
+    assert_eq!(titles(browser), ["Sunset", "Mountain", "Cat"]);
     wait_until(Duration::from_secs(20), "the SVG images to load", || {
         browser.execute(
             "return [...document.querySelectorAll('#gallery img')]
@@ -55,7 +86,7 @@ fn page_renders_seeded_images_from_another_origin_and_adds_one_through_the_form(
     wait_until(Duration::from_secs(20), "the fourth card", || {
         browser.find_all(".card").len() == 4
     });
-    assert_eq!(titles(&browser).last().map(String::as_str), Some(title));
+    assert_eq!(titles(browser).last().map(String::as_str), Some(title));
     assert_eq!(
         browser.execute("return document.querySelectorAll('#gallery b').length;"),
         json!(0)
@@ -69,31 +100,20 @@ fn page_renders_seeded_images_from_another_origin_and_adds_one_through_the_form(
         Some(browser.text(&browser.find("#form-message"))).filter(|m| m.starts_with("Added"))
     });
 
-    let stored: Vec<Value> = client()
-        .get(api.url("/images.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let stored: Vec<Value> = get_json(&api.url("/images.json"));
     assert_eq!(stored.len(), 4);
     assert_eq!(stored[3]["title"], title);
     eprintln!(
         "browser saw {:?}, then added {title:?} through the form ({message:?}); API holds {} images",
-        titles(&browser),
+        titles(browser),
         stored.len()
     );
 }
 
 #[test]
 fn page_reports_validation_errors_and_api_failures() {
-    let (_dir, db) = temp_db();
-    let api = ApiServer::start(&db, "api-1", &[]);
-    let site = StaticServer::start(&assets_dir());
-    let browser = Browser::start();
-    browser.navigate(&site.url(&format!("/?api=http://127.0.0.1:{}", api.port)));
-    wait_until(Duration::from_secs(20), "three cards", || {
-        browser.find_all(".card").len() == 3
-    });
+    let gallery = Gallery::open();
+    let browser = &gallery.browser;
 
     browser.send_keys(&browser.find("#title"), "Bad");
     browser.send_keys(&browser.find("#url"), "javascript:alert(1)");
@@ -105,22 +125,18 @@ fn page_reports_validation_errors_and_api_failures() {
     assert_eq!(browser.find_all(".card").len(), 3);
 
     // An empty gallery: "No images available."
-    rusqlite::Connection::open(&db)
+    rusqlite::Connection::open(&gallery.db)
         .unwrap()
         .execute_batch("DELETE FROM images")
         .unwrap();
-    browser.navigate(&site.url(&format!("/?api=http://127.0.0.1:{}", api.port)));
+    gallery.load_page(gallery.api.port);
     wait_until(Duration::from_secs(20), "the empty-gallery message", || {
         browser.text(&browser.find("#status")) == "No images available."
     });
     assert!(browser.find_all(".card").is_empty());
 
     // An API that is not there: "Something went wrong."
-    drop(api);
-    browser.navigate(&site.url(&format!(
-        "/?api=http://127.0.0.1:{}",
-        crate::helpers::free_port()
-    )));
+    gallery.load_page(crate::helpers::free_port());
     wait_until(Duration::from_secs(20), "the failure message", || {
         browser.text(&browser.find("#status")) == "Something went wrong."
     });

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
-use crate::helpers::{ApiServer, Proc, bin, client, temp_db};
+use crate::helpers::{ApiServer, Proc, bin, client, get_json, temp_db};
 
 #[test]
 fn four_workers_take_2000_concurrent_posts_without_an_error_or_a_lost_row() {
@@ -100,12 +100,7 @@ fn three_workers_started_together_on_a_fresh_file_seed_once_with_one_schema() {
             .collect();
         let ports: Vec<u16> = procs.iter_mut().map(|p| p.wait_for_port()).collect();
         for port in &ports {
-            let images: Vec<Value> = client()
-                .get(format!("http://127.0.0.1:{port}/images.json"))
-                .send()
-                .unwrap()
-                .json()
-                .unwrap();
+            let images: Vec<Value> = get_json(&format!("http://127.0.0.1:{port}/images.json"));
             assert_eq!(images.len(), 3, "round {round}, port {port}");
         }
         let conn = rusqlite::Connection::open(&db).unwrap();

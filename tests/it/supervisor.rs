@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::helpers::supervisor::Supervisor;
-use crate::helpers::{client, is_alive, wait_until};
+use crate::helpers::{ORIGINAL_POST, client, get_json, is_alive, post_form, wait_until};
 
 fn kill(pid: i32, signal: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
@@ -53,12 +53,7 @@ fn the_stack_serves_the_page_and_the_api_and_announces_every_process() {
     let page = client().get(stack.url("/")).send().unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().unwrap().contains("script.js"));
-    let images: Vec<Value> = client()
-        .get(stack.url("/api/images.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let images: Vec<Value> = get_json(&stack.url("/api/images.json"));
     assert_eq!(images.len(), 3);
     let svg = client().get(stack.url("/images/cat.svg")).send().unwrap();
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
@@ -345,19 +340,9 @@ fn nginx_answers_its_own_errors_under_api_as_json() {
 #[test]
 fn a_post_through_nginx_is_stored_once() {
     let stack = Supervisor::start(&[]);
-    let response = client()
-        .post(stack.url("/api/images.json?indent=2"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(r#"{"title": "Cat", "alt_text": "A cool cat", "url": "https://images.unsplash.com/photo-1533738363-b7f9aef128ce"}"#)
-        .send()
-        .unwrap();
+    let response = post_form(&stack.url("/api/images.json?indent=2"), ORIGINAL_POST);
     assert_eq!(response.status(), 200);
-    let images: Vec<Value> = client()
-        .get(stack.url("/api/images.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let images: Vec<Value> = get_json(&stack.url("/api/images.json"));
     assert_eq!(images.len(), 4);
 }
 

@@ -35,3 +35,21 @@ pub fn raw_request(port: u16, method: &str, target: &str) -> (u16, String, Vec<u
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head, response[split + 4..].to_vec())
 }
+
+/// The POST body of the original course walkthrough (`curl --data '...'`).
+pub const ORIGINAL_POST: &str = r#"{"title": "Cat", "alt_text": "A cool cat", "url": "https://images.unsplash.com/photo-1533738363-b7f9aef128ce"}"#;
+
+/// `GET url` parsed as JSON (panics on a transport or parse error).
+pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> T {
+    client().get(url).send().unwrap().json().unwrap()
+}
+
+/// `POST url` with `body` and curl's `--data` content type.
+pub fn post_form(url: &str, body: &str) -> reqwest::blocking::Response {
+    client()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+}
