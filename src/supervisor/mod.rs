@@ -365,45 +365,34 @@ impl Stack {
                 if let Some(stderr) = child.stderr.take() {
                     tokio::spawn(output::forward(width, name.clone(), stderr));
                 }
-                let exit_events = events.clone();
+                // One task per generation: it reports readiness (or its
+                // absence) and then the exit; the probe stops with the process.
                 tokio::spawn(async move {
-                    let status = match child.wait().await {
+                    let readiness = probe::until_ready(role, address, READY_TIMEOUT);
+                    tokio::pin!(readiness);
+                    let mut probing = true;
+                    let status = loop {
+                        tokio::select! {
+                            status = child.wait() => break status,
+                            ready = &mut readiness, if probing => {
+                                probing = false;
+                                let _ = events.send(if ready {
+                                    Event::Ready { slot: index, generation }
+                                } else {
+                                    Event::NotReady { slot: index, generation }
+                                });
+                            }
+                        }
+                    };
+                    let status = match status {
                         Ok(status) => describe(status),
                         Err(e) => format!("lost track of the process: {e}"),
                     };
-                    let _ = exit_events.send(Event::Exited {
+                    let _ = events.send(Event::Exited {
                         slot: index,
                         generation,
                         status,
                     });
-                });
-                tokio::spawn(async move {
-                    let deadline = Instant::now() + READY_TIMEOUT;
-                    let event = loop {
-                        let ready = match role {
-                            Role::Api => {
-                                probe::http_ok(address, "/health", Duration::from_secs(1)).await
-                            }
-                            Role::Static => {
-                                probe::http_ok(address, "/", Duration::from_secs(1)).await
-                            }
-                            Role::Nginx => probe::tcp_open(address, Duration::from_secs(1)).await,
-                        };
-                        if ready {
-                            break Event::Ready {
-                                slot: index,
-                                generation,
-                            };
-                        }
-                        if Instant::now() >= deadline || events.is_closed() {
-                            break Event::NotReady {
-                                slot: index,
-                                generation,
-                            };
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    };
-                    let _ = events.send(event);
                 });
                 self.say(&format!("started {name} (pid {pid})"));
             }
@@ -614,15 +603,12 @@ impl Stack {
                 break Stop::Failed(error);
             }
         };
-        let forced = match &stop {
-            Stop::Signal(name) => {
-                self.say(&format!(
-                    "{name} received: stopping (a second signal stops at once)"
-                ));
-                self.stop(&mut inbox, &mut term, &mut int).await
-            }
-            Stop::Failed(_) => self.stop(&mut inbox, &mut term, &mut int).await,
-        };
+        if let Stop::Signal(name) = &stop {
+            self.say(&format!(
+                "{name} received: stopping (a second signal stops at once)"
+            ));
+        }
+        let forced = self.stop(&mut inbox, &mut term, &mut int).await;
         match stop {
             Stop::Failed(error) => Err(error),
             Stop::Signal(_) if forced => {
