@@ -86,6 +86,11 @@ http {{
     uwsgi_temp_path tmp/uwsgi;
     scgi_temp_path tmp/scgi;
     client_max_body_size 64k;
+    # Bodies up to the limit stay in memory and large responses are passed
+    # through rather than spooled to disk: nothing depends on the temp paths
+    # being writable by nginx's (unprivileged) workers.
+    client_body_buffer_size 64k;
+    proxy_max_temp_file_size 0;
 
     gzip on;
     gzip_proxied any;
@@ -228,6 +233,8 @@ mod tests {
             "gzip_types application/json text/css application/javascript",
             "access_log /dev/stdout",
             "error_log stderr",
+            "client_body_buffer_size 64k;",
+            "proxy_max_temp_file_size 0;",
         ] {
             assert!(text.contains(needle), "{needle}");
         }

@@ -391,3 +391,33 @@ fn a_second_signal_stops_at_once() {
     drop(holder);
     let _ = in_flight.join();
 }
+
+#[test]
+fn large_bodies_pass_nginx_even_when_its_workers_cannot_reach_the_run_directory() {
+    // A private (0700) directory: when the tests run as root, nginx's
+    // workers run as an unprivileged user that cannot enter it, so nothing
+    // may depend on nginx's temp files.
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Supervisor::start_in(dir, &["--api-workers", "1"]);
+    let alt_text = "a".repeat(1000);
+    for n in 0..40 {
+        let body = serde_json::json!({
+            "title": format!("image {n}"), "alt_text": alt_text, "url": "/images/cat.svg",
+            "pad": "p".repeat(50_000),
+        });
+        let response = post_form(&stack.url("/api/images.json"), &body.to_string());
+        assert_eq!(response.status(), 200, "POST {n}");
+    }
+    let response = client()
+        .get(stack.url("/api/images.json?indent=10"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let images: Vec<Value> = response.json().unwrap();
+    assert_eq!(images.len(), 43);
+    let output = stack.proc.output.text();
+    assert!(
+        !output.contains("temporary file"),
+        "nginx used a temp file:\n{output}"
+    );
+}
