@@ -94,9 +94,14 @@ pub struct Store {
     pool: r2d2::Pool<SqliteConnectionManager>,
 }
 
+/// Per-connection pragmas. WAL is a property of the file: it is switched on
+/// only when not yet set, because the switch needs an exclusive lock.
 fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
     conn.busy_timeout(busy_timeout)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(())
 }
@@ -119,14 +124,29 @@ impl Store {
                 }
             }
         };
-        let mut conn = Connection::open(path).map_err(opening_error)?;
-        configure(&conn, busy_timeout).map_err(opening_error)?;
-        schema::migrate(&mut conn).map_err(|e| match e {
-            schema::MigrateError::TooNew { found, supported } => {
-                StoreError::TooNew { found, supported }
+        let open_and_migrate = || -> Result<(), StoreError> {
+            let mut conn = Connection::open(path).map_err(opening_error)?;
+            configure(&conn, busy_timeout).map_err(opening_error)?;
+            schema::migrate(&mut conn).map_err(|e| match e {
+                schema::MigrateError::TooNew { found, supported } => {
+                    StoreError::TooNew { found, supported }
+                }
+                schema::MigrateError::Sqlite(e) => opening_error(e),
+            })
+        };
+        // When several processes open a fresh file at once, SQLite may answer
+        // SQLITE_BUSY without waiting (switching to WAL takes an exclusive
+        // lock, and SQLite skips the busy handler where waiting could
+        // deadlock), so the whole step is retried until the busy timeout.
+        let deadline = std::time::Instant::now() + busy_timeout;
+        loop {
+            match open_and_migrate() {
+                Err(StoreError::Busy(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                result => break result?,
             }
-            schema::MigrateError::Sqlite(e) => opening_error(e),
-        })?;
+        }
 
         let manager = SqliteConnectionManager::file(path)
             .with_init(move |conn| configure(conn, busy_timeout));

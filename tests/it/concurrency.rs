@@ -87,7 +87,7 @@ fn four_workers_take_2000_concurrent_posts_without_an_error_or_a_lost_row() {
 
 #[test]
 fn three_workers_started_together_on_a_fresh_file_seed_once_with_one_schema() {
-    for round in 0..3 {
+    for round in 0..10 {
         let (_dir, db) = temp_db();
         let mut procs: Vec<Proc> = (1..=3)
             .map(|k| {
