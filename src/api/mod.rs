@@ -161,3 +161,113 @@ pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
     };
     crate::http::serve(listener, router(state, cors), &args.name)
 }
+
+#[cfg(test)]
+mod tests {
+    //! In-process router tests against a real temporary SQLite file.
+
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn app() -> (tempfile::TempDir, Router) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.db"), &StoreOptions::default()).unwrap();
+        let state = ApiState {
+            store,
+            worker: Arc::from("api-test"),
+        };
+        (dir, router(state, CorsPolicy::AnyOrigin))
+    }
+
+    async fn send(
+        app: Router,
+        request: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let response = app.oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn lists_then_stores_an_image_posted_with_a_form_content_type() {
+        let (_dir, app) = app();
+        let post = Request::post("/images.json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(
+                r#"{"title":"Dog","alt_text":"","url":"/d.svg"}"#,
+            ))
+            .unwrap();
+        let (status, headers, body) = send(app.clone(), post).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-worker"], "api-test");
+        assert_eq!(
+            body,
+            "{\"id\":4,\"title\":\"Dog\",\"alt_text\":\"\",\"url\":\"/d.svg\"}\n"
+        );
+        let (_, _, list) = send(
+            app,
+            Request::get("/images.json").body(Body::empty()).unwrap(),
+        )
+        .await;
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn every_error_is_a_json_body_from_the_one_mapping() {
+        let (_dir, app) = app();
+        let cases = [
+            (
+                Request::get("/images.json?indent=-1")
+                    .body(Body::empty())
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::post("/images.json").body(Body::from("{")).unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::get("/nope").body(Body::empty()).unwrap(),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Request::put("/images.json").body(Body::empty()).unwrap(),
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Request::post("/images.json")
+                    .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
+                    .unwrap(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+        ];
+        for (request, want) in cases {
+            let (status, headers, body) = send(app.clone(), request).await;
+            assert_eq!(status, want);
+            assert_eq!(headers["content-type"], "application/json");
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(body["error"].is_string(), "{body}");
+        }
+    }
+
+    #[test]
+    fn store_errors_map_to_generic_messages() {
+        let busy = ApiError::Store(StoreError::Busy("database is locked".into())).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()["retry-after"], "1");
+        let broken = ApiError::Store(StoreError::Sqlite(rusqlite::Error::InvalidQuery));
+        assert_eq!(
+            broken.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}
