@@ -9,6 +9,10 @@
 //! - [`static_files`]: serving the assets directory safely.
 //! - [`listen`]: a bound port or a socket inherited through `LISTEN_FDS`.
 //! - [`http`]: shared HTTP plumbing — request log, graceful serving, logging.
+//! - [`nginx`]: the nginx config as a pure function of the plan, and `nginx -t`.
+//! - [`supervisor`]: `gallery-supervisor` — the plan of children, spawning on
+//!   owned sockets, the restart policy, readiness probes, prefixed output,
+//!   `state.json` and `status`, the run-directory lock, the ordered stop.
 
 pub mod api;
 pub mod cli;
