@@ -49,9 +49,13 @@ fn the_top_level_nginx_conf_passes_nginx_t() {
     );
 }
 
-#[test]
-fn foreman_start_serves_the_same_site() {
-    for port in [8080, 8082, 8083, 8084, 8085] {
+/// The Procfile's ports: nginx, static, three workers.
+const PROCFILE_PORTS: [u16; 5] = [8080, 8082, 8083, 8084, 8085];
+
+/// Runs the repository's Procfile under `runner` (its arguments before the
+/// Procfile and app-root flags) in a fresh directory and checks the site.
+fn procfile_serves_the_site(name: &str, mut command: Command) {
+    for port in PROCFILE_PORTS {
         assert!(
             std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
             "the Procfile's port {port} must be free for this test"
@@ -63,43 +67,36 @@ fn foreman_start_serves_the_same_site() {
     std::fs::copy(repo().join("nginx.conf"), dir.path().join("nginx.conf")).unwrap();
     std::os::unix::fs::symlink(crate::helpers::assets_dir(), dir.path().join("assets")).unwrap();
     let bin_dir = bin("api-server").parent().unwrap().to_path_buf();
-    let mut command = Command::new("foreman");
+    let path = std::env::var("PATH").unwrap_or_default();
     command
-        .arg("start")
         .arg("-f")
         .arg(repo().join("Procfile"))
         .arg("-d")
         .arg(dir.path())
+        .current_dir(dir.path())
         .env("GALLERY_BIN", &bin_dir)
-        .env(
-            "PATH",
-            format!(
-                "{}:/usr/sbin:/sbin",
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", format!("{path}:/usr/sbin:/sbin"))
         .env_remove("DATABASE_URL");
-    let mut foreman = Proc::spawn("foreman", command);
-    foreman.terminate_on_drop = true;
+    let mut runner = Proc::spawn(name, command);
+    runner.terminate_on_drop = true;
     let images: Vec<Value> = wait_for(Duration::from_secs(30), "the site on port 8080", || {
-        if let Some(status) = foreman.child.try_wait().unwrap() {
-            panic!("foreman exited with {status}:\n{}", foreman.output.text());
+        if let Some(status) = runner.child.try_wait().unwrap() {
+            panic!("{name} exited with {status}:\n{}", runner.output.text());
         }
         let response = client()
             .get("http://127.0.0.1:8080/api/images.json")
             .send()
             .ok()?;
-        if response.status() != 200 {
-            return None;
-        }
-        response.json().ok()
+        (response.status() == 200)
+            .then(|| response.json().ok())
+            .flatten()
     });
-    assert_eq!(images.len(), 3);
+    assert_eq!(images.len(), 3, "{name}");
     assert!(
         dir.path().join("gallery.db").is_file(),
         "gallery.db in the working directory"
     );
-    let page = client()
+    let page: String = client()
         .get("http://127.0.0.1:8080/")
         .send()
         .unwrap()
@@ -115,20 +112,31 @@ fn foreman_start_serves_the_same_site() {
             r.headers()["x-worker"].to_str().unwrap().to_string()
         })
         .collect();
-    assert_eq!(workers.len(), 3, "{workers:?}");
-    foreman.signal(nix::sys::signal::Signal::SIGTERM);
-    foreman
+    assert_eq!(workers.len(), 3, "{name}: {workers:?}");
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    runner
         .wait_timeout(Duration::from_secs(15))
-        .expect("foreman stops");
+        .unwrap_or_else(|| panic!("{name} stops"));
     crate::helpers::wait_until(
         Duration::from_secs(10),
         "the Procfile's ports to be released",
         || {
-            [8080, 8082, 8083, 8084, 8085]
+            PROCFILE_PORTS
                 .iter()
                 .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         },
     );
+}
+
+/// One test, so the two runners never compete for the Procfile's fixed ports.
+#[test]
+fn foreman_start_and_honcho_start_serve_the_same_site() {
+    let mut foreman = Command::new("foreman");
+    foreman.arg("start");
+    procfile_serves_the_site("foreman", foreman);
+    let mut honcho = Command::new("python3");
+    honcho.args(["-m", "honcho", "start"]);
+    procfile_serves_the_site("honcho", honcho);
 }
 
 #[test]
