@@ -124,3 +124,19 @@ fn nginx_config_prints_the_config_for_the_given_flags() {
     assert!(text.contains("server 127.0.0.1:9100 ") && text.contains("server 127.0.0.1:9101 "));
     assert!(!text.contains(":9102"));
 }
+
+#[test]
+fn status_without_a_running_supervisor_says_so() {
+    let dir = Supervisor::temp_dir();
+    let output = Command::new(crate::helpers::bin("gallery-supervisor"))
+        .current_dir(dir.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: no gallery-supervisor is running with run directory .gallery (no state.json)"
+    );
+}
