@@ -9,6 +9,15 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 
+/// `X-Content-Type-Options: nosniff` on every response, so browsers trust
+/// the declared content types (JSON stays JSON, SVG stays an image).
+pub fn nosniff() -> tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue> {
+    tower_http::set_header::SetResponseHeaderLayer::overriding(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    )
+}
+
 /// Logs method, path, status and duration of every request.
 pub async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();

@@ -77,6 +77,7 @@ pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
         .layer(cors)
+        .layer(crate::http::nosniff())
         .layer(middleware::from_fn(crate::http::log_request))
         .layer(SetResponseHeaderLayer::overriding(
             WORKER_HEADER,

@@ -57,6 +57,7 @@ pub fn router(root: &Path) -> anyhow::Result<Router> {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache"),
         ))
+        .layer(crate::http::nosniff())
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn(crate::http::log_request)))
 }

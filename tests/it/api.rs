@@ -426,6 +426,7 @@ fn every_response_names_its_worker() {
             "{}",
             response.status()
         );
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     }
 }
 

@@ -74,6 +74,7 @@ fn content_types_follow_the_file_extension() {
             .unwrap()
             .to_string();
         assert!(content_type.contains(want), "{path}: {content_type}");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     }
 }
 
