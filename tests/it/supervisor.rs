@@ -421,3 +421,75 @@ fn large_bodies_pass_nginx_even_when_its_workers_cannot_reach_the_run_directory(
         "nginx used a temp file:\n{output}"
     );
 }
+
+#[test]
+fn posts_through_kills_are_never_lost_once_acknowledged_and_never_replayed() {
+    const POSTS: usize = 1500;
+    let stack = Arc::new(Supervisor::start(&[]));
+    let next = Arc::new(AtomicUsize::new(0));
+    let posters: Vec<_> = (0..8)
+        .map(|_| {
+            let (next, url) = (next.clone(), stack.url("/api/images.json"));
+            std::thread::spawn(move || {
+                let client = client();
+                let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= POSTS {
+                        break (acknowledged, refused);
+                    }
+                    let body = format!(r#"{{"title": "post {n}", "alt_text": "", "url": "/p"}}"#);
+                    match client.post(&url).body(body).send() {
+                        Ok(r) if r.status() == 200 => acknowledged.push(n),
+                        Ok(r) => refused.push((n, r.status().as_u16())),
+                        Err(e) => panic!("transport error through nginx: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for k in 0..3 {
+        wait_until(Duration::from_secs(60), "posts to progress", || {
+            next.load(Ordering::SeqCst) >= (k + 1) * POSTS / 4
+        });
+        let name = format!("api-{}", k + 1);
+        let old = stack.pid_of(&name).unwrap();
+        kill(old, Signal::SIGKILL);
+        wait_for_replacement(&stack, &name, old, Instant::now());
+    }
+    let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+    for poster in posters {
+        let (a, r) = poster.join().unwrap();
+        acknowledged.extend(a);
+        refused.extend(r);
+    }
+    let conn = rusqlite::Connection::open(stack.dir.path().join("gallery.db")).unwrap();
+    let mut statement = conn
+        .prepare("SELECT title, count(*) FROM images GROUP BY title")
+        .unwrap();
+    let stored: std::collections::HashMap<String, i64> = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for n in &acknowledged {
+        assert_eq!(
+            stored.get(&format!("post {n}")),
+            Some(&1),
+            "acknowledged post {n}"
+        );
+    }
+    assert!(
+        stored.values().all(|&count| count == 1),
+        "a POST was stored twice"
+    );
+    assert!(
+        refused.iter().all(|(_, status)| *status == 502),
+        "{refused:?}"
+    );
+    eprintln!(
+        "{POSTS} POSTs through nginx with 3 worker kills: {} acknowledged and stored once, {} answered 502 (in flight on a killed worker, not replayed)",
+        acknowledged.len(),
+        refused.len()
+    );
+}
