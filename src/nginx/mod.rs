@@ -23,7 +23,7 @@ pub const CONFIG_FILE: &str = "nginx.conf";
 
 /// Renders the nginx config for `plan`.
 pub fn render(plan: &Plan) -> String {
-    let bind = host(plan.bind);
+    let bind = host(plan.connect_ip());
     let mut api_servers = String::new();
     for port in &plan.api_ports {
         writeln!(
@@ -107,7 +107,7 @@ http {{
     }}
 
     server {{
-        listen {bind}:{front_port};
+        listen {listen}:{front_port};
 
         proxy_http_version 1.1;
         proxy_set_header Connection \"\";
@@ -138,6 +138,7 @@ http {{
 ",
         static_port = plan.static_port,
         front_port = plan.front_port,
+        listen = host(plan.bind),
     )
 }
 
@@ -260,6 +261,16 @@ mod tests {
             assert!(text.contains(&format!("error_page {status} @api_{status};")));
             assert!(text.contains(&format!("return {status} '{{\"error\":")));
         }
+    }
+
+    #[test]
+    fn binding_every_interface_listens_there_and_proxies_to_loopback() {
+        let mut plan = plan();
+        plan.bind = "0.0.0.0".parse().unwrap();
+        let text = render(&plan);
+        assert!(text.contains("listen 0.0.0.0:8080;"));
+        assert!(text.contains("server 127.0.0.1:8083 max_fails"));
+        assert!(text.contains("server 127.0.0.1:8082;"));
     }
 
     #[test]

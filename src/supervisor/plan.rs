@@ -58,6 +58,16 @@ impl Plan {
         })
     }
 
+    /// Where the stack's servers are reached: the bind address, or loopback
+    /// when binding every interface (`0.0.0.0`, `::`).
+    pub fn connect_ip(&self) -> IpAddr {
+        match self.bind {
+            IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        }
+    }
+
     /// Children in start order: `static`, `api-1`..`api-N`, `nginx`.
     pub fn children(&self) -> Vec<ChildSpec> {
         let mut children = vec![ChildSpec {
@@ -108,6 +118,28 @@ mod tests {
     fn workers_are_numbered_from_the_base_port() {
         let plan = plan(&["--api-workers", "5", "--api-base-port", "9000"]).unwrap();
         assert_eq!(plan.api_ports, [9000, 9001, 9002, 9003, 9004]);
+    }
+
+    #[test]
+    fn servers_bound_to_every_interface_are_reached_on_loopback() {
+        assert_eq!(
+            plan(&["--bind", "0.0.0.0"])
+                .unwrap()
+                .connect_ip()
+                .to_string(),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            plan(&["--bind", "::"]).unwrap().connect_ip().to_string(),
+            "::1"
+        );
+        assert_eq!(
+            plan(&["--bind", "10.1.2.3"])
+                .unwrap()
+                .connect_ip()
+                .to_string(),
+            "10.1.2.3"
+        );
     }
 
     #[test]

@@ -146,7 +146,7 @@ impl Stack {
     }
 
     fn address(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.plan.bind, port)
+        SocketAddr::new(self.plan.connect_ip(), port)
     }
 
     fn nginx_slot(&self) -> usize {
@@ -380,8 +380,7 @@ impl Stack {
                         w = self.width
                     ));
                 }
-                let host = match self.plan.bind {
-                    ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+                let host = match self.plan.connect_ip() {
                     std::net::IpAddr::V6(v6) => format!("[{v6}]"),
                     ip => ip.to_string(),
                 };
