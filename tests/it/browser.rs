@@ -141,3 +141,21 @@ fn page_reports_validation_errors_and_api_failures() {
         browser.text(&browser.find("#status")) == "Something went wrong."
     });
 }
+
+#[test]
+fn page_through_the_front_door_uses_its_own_origin_api() {
+    let stack = crate::helpers::supervisor::Supervisor::start(&["--api-workers", "2"]);
+    let browser = Browser::start();
+    browser.navigate(&stack.url("/"));
+    wait_until(Duration::from_secs(20), "three cards", || {
+        browser.find_all(".card").len() == 3
+    });
+    assert_eq!(titles(&browser), ["Sunset", "Mountain", "Cat"]);
+    assert_eq!(browser.text(&browser.find("#api-base")), "/api");
+    wait_until(Duration::from_secs(20), "the SVG images to load", || {
+        browser.execute(
+            "return [...document.querySelectorAll('#gallery img')]
+                 .every(img => img.complete && img.naturalWidth > 0);",
+        ) == json!(true)
+    });
+}
