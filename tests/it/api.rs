@@ -5,7 +5,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ApiServer, ORIGINAL_POST, client, get_json, post_form, temp_db, wait_until};
+use crate::helpers::{
+    ApiServer, ORIGINAL_POST, client, get_json, post_form, post_in_flight, temp_db, wait_until,
+};
 
 fn start() -> (tempfile::TempDir, std::path::PathBuf, ApiServer) {
     let (dir, db) = temp_db();
@@ -472,22 +474,8 @@ fn the_schema_is_versioned_in_wal_mode_and_seeded_only_once() {
 fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
     let (_dir, db) = temp_db();
     let mut server = ApiServer::start(&db, "api-1", &["--busy-timeout-ms", "10000"]);
-    let holder = rusqlite::Connection::open(&db).unwrap();
-    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let url = server.url("/images.json");
-    let in_flight = std::thread::spawn(move || {
-        client()
-            .post(url)
-            .body(r#"{"title": "Late", "alt_text": "", "url": "/l"}"#)
-            .send()
-            .map(|r| r.status())
-    });
+    let (holder, in_flight) = post_in_flight(&db, server.url("/images.json"), server.port);
     let output = server.proc.output.clone();
-    // The POST is waiting on the lock once the server has accepted it; give
-    // the connection a moment to be read by checking the socket state.
-    wait_until(Duration::from_secs(5), "the POST to be in flight", || {
-        crate::helpers::established_connections(server.port) > 0
-    });
     server.proc.signal(nix::sys::signal::Signal::SIGTERM);
     wait_until(Duration::from_secs(5), "the shutdown log line", || {
         output.contains("SIGTERM received")

@@ -9,7 +9,9 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::helpers::supervisor::Supervisor;
-use crate::helpers::{ORIGINAL_POST, client, get_json, is_alive, post_form, wait_until};
+use crate::helpers::{
+    ORIGINAL_POST, client, get_json, is_alive, post_form, post_in_flight, wait_until,
+};
 
 fn kill(pid: i32, signal: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
@@ -352,21 +354,9 @@ fn a_second_signal_stops_at_once() {
     let pids = stack.all_pids();
     // Keep a POST in flight (waiting on a database lock) so the graceful stop
     // has something to wait for.
-    let holder = rusqlite::Connection::open(stack.dir.path().join("gallery.db")).unwrap();
-    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let url = stack.url("/api/images.json");
-    let in_flight = std::thread::spawn(move || {
-        client()
-            .post(url)
-            .body(r#"{"title": "t", "alt_text": "", "url": "/t"}"#)
-            .send()
-    });
     let api_port = stack.child("api-1")["port"].as_u64().unwrap() as u16;
-    wait_until(
-        Duration::from_secs(5),
-        "the POST to reach the worker",
-        || crate::helpers::established_connections(api_port) > 0,
-    );
+    let db = stack.dir.path().join("gallery.db");
+    let (holder, in_flight) = post_in_flight(&db, stack.url("/api/images.json"), api_port);
     stack.proc.signal(Signal::SIGTERM);
     let output = stack.proc.output.clone();
     wait_until(Duration::from_secs(5), "the graceful stop to begin", || {

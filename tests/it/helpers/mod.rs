@@ -321,3 +321,32 @@ pub fn nginx() -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("nginx"))
 }
+
+/// A POST kept in flight: `db` is write-locked (`BEGIN EXCLUSIVE`), the POST
+/// is sent to `url`, and this returns once a connection to `worker_port` is
+/// established. Dropping or rolling back the returned connection lets the
+/// POST finish; the thread yields its status.
+pub fn post_in_flight(
+    db: &Path,
+    url: String,
+    worker_port: u16,
+) -> (
+    rusqlite::Connection,
+    std::thread::JoinHandle<reqwest::Result<reqwest::StatusCode>>,
+) {
+    let holder = rusqlite::Connection::open(db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let in_flight = std::thread::spawn(move || {
+        client()
+            .post(url)
+            .body(r#"{"title": "In flight", "alt_text": "", "url": "/f"}"#)
+            .send()
+            .map(|r| r.status())
+    });
+    wait_until(
+        Duration::from_secs(5),
+        "the POST to reach the worker",
+        || established_connections(worker_port) > 0,
+    );
+    (holder, in_flight)
+}
