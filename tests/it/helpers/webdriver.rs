@@ -1,47 +1,80 @@
-//! A minimal W3C WebDriver client (over reqwest) driving Debian's headless
-//! Chromium through `chromedriver`: just what the browser test needs —
-//! navigate, find, read text, type, click, run a script.
+//! A minimal W3C WebDriver client (blocking reqwest + serde_json) driving
+//! Debian's headless Chromium through `chromedriver`: just what the browser
+//! tests need — navigate, find, read text, type, click, run a script.
+//!
+//! `chromedriver --port=0` picks a free port and reports it ("ChromeDriver
+//! was started successfully on port N."), so tests never race for ports.
+//! chromedriver is a [`Proc`]: killed on drop, its log printed when a test
+//! fails. A missing browser or driver fails the test; it is never skipped.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Proc, free_port, wait_for};
+use super::{Proc, wait_for};
 
+/// The W3C key under which an element reference is returned.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-fn find_program(candidates: &[&str]) -> Option<std::path::PathBuf> {
-    candidates.iter().find_map(|name| which_on_path(name))
+const INSTALL: &str = "install Debian's `chromium` and `chromium-driver` packages \
+     (`apt-get install chromium chromium-driver`; `bash .ci/run` does it)";
+
+/// The first of `names` on PATH, else in the directories Debian uses.
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    names.iter().find_map(|name| {
+        which::which(name).ok().or_else(|| {
+            ["/usr/bin", "/usr/lib/chromium"]
+                .iter()
+                .map(|dir| PathBuf::from(dir).join(name))
+                .find(|candidate| candidate.is_file())
+        })
+    })
 }
 
-fn which_on_path(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin".into(), "/usr/lib/chromium".into()])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+/// Reads "... started successfully on port N" from chromedriver's output.
+fn reported_port(line: &str) -> Option<u16> {
+    let (_, rest) = line.split_once("started successfully on port ")?;
+    rest.trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()
 }
 
-/// A browser session; the session and chromedriver end on drop.
+/// A browser session; the session is deleted and chromedriver (with the
+/// browser) ends on drop.
 pub struct Browser {
-    base: String,
+    /// `http://127.0.0.1:PORT/session/ID`.
+    session: String,
     client: reqwest::blocking::Client,
+    // Dropped in this order, after `Drop::drop` has deleted the session.
     _driver: Proc,
     _profile: tempfile::TempDir,
 }
 
 impl Browser {
+    /// Starts chromedriver and a headless Chromium session.
     pub fn start() -> Browser {
-        let install = "install Debian's `chromium` and `chromium-driver` (bash .ci/run does)";
-        let driver = find_program(&["chromedriver"])
-            .unwrap_or_else(|| panic!("chromedriver not found: {install}"));
-        let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"])
-            .unwrap_or_else(|| panic!("chromium not found: {install}"));
-        let port = free_port();
-        let mut command = Command::new(driver);
-        command.arg(format!("--port={port}"));
-        let driver = Proc::spawn("chromedriver", command);
+        let driver_path = find_program(&["chromedriver"])
+            .unwrap_or_else(|| panic!("chromedriver not found on PATH: {INSTALL}"));
+        let chromium = find_program(&["chromium", "chromium-browser"])
+            .unwrap_or_else(|| panic!("chromium not found on PATH: {INSTALL}"));
+
+        let mut command = Command::new(&driver_path);
+        command.arg("--port=0");
+        let mut driver = Proc::spawn("chromedriver", command);
+        let output = driver.output.clone();
+        let port = wait_for(Duration::from_secs(20), "chromedriver to start", || {
+            if let Some(status) = driver.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited with {status} before starting ({INSTALL}):\n{}",
+                    driver_path.display(),
+                    output.text()
+                );
+            }
+            output.lines().iter().find_map(|line| reported_port(line))
+        });
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -54,92 +87,103 @@ impl Browser {
                 .ok()?
                 .json()
                 .ok()?;
-            status["value"]["ready"].as_bool().filter(|ready| *ready)
+            status["value"]["ready"].as_bool().filter(|&ready| ready)
         });
+
         let profile = tempfile::tempdir().unwrap();
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-dev-shm-usage",
                     format!("--user-data-dir={}", profile.path().display()),
                 ]
             }
         }}});
-        let response: Value = client
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        let session = response["value"]["sessionId"]
+        let created = request(
+            &client,
+            Method::POST,
+            &format!("{base}/session"),
+            Some(capabilities),
+        )
+        .unwrap_or_else(|error| {
+            panic!(
+                "creating a WebDriver session with {} failed ({INSTALL}): {error}",
+                chromium.display()
+            )
+        });
+        let id = created["sessionId"]
             .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {response}"));
+            .unwrap_or_else(|| panic!("no sessionId in WebDriver's answer: {created}"));
         Browser {
-            base: format!("{base}/session/{session}"),
+            session: format!("{base}/session/{id}"),
             client,
             _driver: driver,
             _profile: profile,
         }
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response: Value = request.send().unwrap().json().unwrap();
-        if let Some(error) = response["value"]["error"].as_str() {
-            panic!(
-                "WebDriver {path}: {error}: {}",
-                response["value"]["message"]
-            );
-        }
-        response["value"].clone()
+    /// A session command; panics with WebDriver's error message.
+    fn call(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.session);
+        request(&self.client, method.clone(), &url, body)
+            .unwrap_or_else(|error| panic!("WebDriver {method} {path}: {error}"))
     }
 
+    /// Opens `url` and waits for the page to load.
     pub fn navigate(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })));
+        self.call(Method::POST, "/url", Some(json!({ "url": url })));
     }
 
-    /// Element ids matching a CSS selector.
+    /// Element ids matching a CSS selector, in document order.
     pub fn find_all(&self, css: &str) -> Vec<String> {
         let found = self.call(
-            reqwest::Method::POST,
+            Method::POST,
             "/elements",
             Some(json!({"using": "css selector", "value": css})),
         );
         found
             .as_array()
-            .unwrap()
+            .unwrap_or_else(|| panic!("WebDriver find {css}: not a list: {found}"))
             .iter()
-            .map(|e| e[ELEMENT_KEY].as_str().unwrap().to_string())
+            .map(|element| {
+                element[ELEMENT_KEY]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("WebDriver find {css}: not an element: {element}"))
+                    .to_string()
+            })
             .collect()
     }
 
+    /// The first element matching a CSS selector (panics if none).
     pub fn find(&self, css: &str) -> String {
         self.find_all(css)
             .into_iter()
             .next()
-            .unwrap_or_else(|| panic!("no element {css}"))
+            .unwrap_or_else(|| panic!("no element matches {css}"))
     }
 
+    /// An element's rendered text.
     pub fn text(&self, element: &str) -> String {
-        let text = self.call(
-            reqwest::Method::GET,
-            &format!("/element/{element}/text"),
-            None,
-        );
-        text.as_str().unwrap().to_string()
+        let text = self.call(Method::GET, &format!("/element/{element}/text"), None);
+        text.as_str()
+            .unwrap_or_else(|| panic!("WebDriver text: not a string: {text}"))
+            .to_string()
     }
 
+    /// Types `text` into an element.
     pub fn send_keys(&self, element: &str, text: &str) {
         self.call(
-            reqwest::Method::POST,
+            Method::POST,
             &format!("/element/{element}/value"),
             Some(json!({ "text": text })),
         );
@@ -147,24 +191,59 @@ impl Browser {
 
     pub fn click(&self, element: &str) {
         self.call(
-            reqwest::Method::POST,
+            Method::POST,
             &format!("/element/{element}/click"),
             Some(json!({})),
         );
     }
 
-    /// Runs `script` (a function body) in the page and returns its result.
-    pub fn execute(&self, script: &str) -> Value {
+    /// Runs `script` (a function body; `arguments[i]` are `args`) in the
+    /// page and returns what it returns.
+    pub fn execute(&self, script: &str, args: &[Value]) -> Value {
         self.call(
-            reqwest::Method::POST,
+            Method::POST,
             "/execute/sync",
-            Some(json!({"script": script, "args": []})),
+            Some(json!({ "script": script, "args": args })),
         )
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.client.delete(&self.base).send();
+        // Ends the browser; chromedriver itself is killed by its `Proc`.
+        let _ = self
+            .client
+            .delete(&self.session)
+            .timeout(Duration::from_secs(10))
+            .send();
+    }
+}
+
+/// One WebDriver request: its `value`, or WebDriver's error as text.
+fn request(
+    client: &reqwest::blocking::Client,
+    method: Method,
+    url: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
+    let mut builder = client.request(method, url);
+    if let Some(body) = body {
+        builder = builder.json(&body);
+    }
+    let response = builder.send().map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .map_err(|e| format!("reading the {status} response: {e}"))?;
+    let mut answer: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{status} with a body that is not JSON ({e}): {text}"))?;
+    let value = answer["value"].take();
+    match value["error"].as_str() {
+        Some(error) => Err(format!(
+            "{error}: {}",
+            value["message"].as_str().unwrap_or("")
+        )),
+        None if !status.is_success() => Err(format!("{status}: {text}")),
+        None => Ok(value),
     }
 }
