@@ -1,6 +1,6 @@
-//! HTTP plumbing shared by both servers: the per-request log line and
-//! serving a router on a listener until SIGTERM/SIGINT, letting in-flight
-//! requests finish.
+//! HTTP plumbing shared by both servers: the per-request log line, the
+//! supervisor's probe answer, and serving a router on a listener until
+//! SIGTERM/SIGINT, letting in-flight requests finish.
 
 use std::time::Instant;
 
@@ -18,17 +18,43 @@ pub fn nosniff() -> tower_http::set_header::SetResponseHeaderLayer<axum::http::H
     )
 }
 
+/// The request header with which the supervisor's readiness probe asks
+/// which process answered.
+pub const PROBE_HEADER: &str = "x-gallery-probe";
+/// The response header that answers it: this process's pid.
+pub const PID_HEADER: &str = "x-gallery-pid";
+
+/// Names this process in the response to a supervisor probe, so that a new
+/// process sharing its socket with an old one can be told apart.
+pub async fn answer_probe(request: Request, next: Next) -> Response {
+    let probed = request.headers().contains_key(PROBE_HEADER);
+    let mut response = next.run(request).await;
+    if probed {
+        response.headers_mut().insert(
+            PID_HEADER,
+            axum::http::HeaderValue::from(std::process::id()),
+        );
+    }
+    response
+}
+
 /// Logs method, path, status and duration of every request.
 pub async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The supervisor's checks (every second) are logged only at debug level.
+    let probe = request.headers().contains_key(PROBE_HEADER);
     let response = next.run(request).await;
-    tracing::info!(
-        "{method} {path} {} {:.1}ms",
+    let (status, ms) = (
         response.status().as_u16(),
-        started.elapsed().as_secs_f64() * 1000.0
+        started.elapsed().as_secs_f64() * 1000.0,
     );
+    if probe {
+        tracing::debug!("{method} {path} {status} {ms:.1}ms (supervisor check)");
+    } else {
+        tracing::info!("{method} {path} {status} {ms:.1}ms");
+    }
     response
 }
 
@@ -60,6 +86,7 @@ pub fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> anyhow
                 tracing::warn!("cannot set TCP_NODELAY: {error}");
             }
         });
+        let app = app.layer(axum::middleware::from_fn(answer_probe));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
@@ -78,5 +105,8 @@ pub fn init_logging() {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        // Under the supervisor stderr is a non-blocking pipe: a line that
+        // finds it full is dropped. Reporting that on stderr would panic.
+        .log_internal_errors(false)
         .init();
 }

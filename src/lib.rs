@@ -1,6 +1,8 @@
 //! gallery: a self-contained image-gallery web stack for one machine.
 //!
-//! - [`cli`]: the binaries' flags.
+//! - [`cli`]: the binaries' flags, and the servers' flags as a command line.
+//! - [`plan`]: the stack's children, names and ports, from the flags; shared
+//!   by the supervisor and the nginx config.
 //! - [`image`]: the domain, `Image` and the validated `NewImage`.
 //! - [`store`]: the SQLite file — location parsing, pool and pragmas,
 //!   migrations and seed, and the only SQL.
@@ -10,9 +12,11 @@
 //! - [`listen`]: a bound port or a socket inherited through `LISTEN_FDS`.
 //! - [`http`]: shared HTTP plumbing — request log, graceful serving, logging.
 //! - [`nginx`]: the nginx config as a pure function of the plan, and `nginx -t`.
-//! - [`supervisor`]: `gallery-supervisor` — the plan of children, spawning on
-//!   owned sockets, the restart policy, readiness probes, prefixed output,
-//!   `state.json` and `status`, the run-directory lock, the ordered stop.
+//! - [`supervisor`]: `gallery-supervisor` — a pure core that makes every
+//!   lifecycle decision (start, restart policy, watchdog, reload, restart,
+//!   scale, stop) and a thin executor that spawns on owned sockets, probes,
+//!   writes non-blocking prefixed output and `state.json`, and serves the
+//!   control socket.
 
 pub mod api;
 pub mod cli;
@@ -20,6 +24,7 @@ pub mod http;
 pub mod image;
 pub mod listen;
 pub mod nginx;
+pub mod plan;
 pub mod static_files;
 pub mod store;
 pub mod supervisor;
@@ -29,8 +34,15 @@ pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            // Not eprintln!: it panics when stderr is a full non-blocking pipe.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            // "Nobody to ask" is 2, as for the control commands (SPEC §9).
+            if error.is::<supervisor::control::NotRunning>() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

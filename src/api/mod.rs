@@ -52,6 +52,36 @@ pub enum CorsPolicy {
     Origins(Vec<HeaderValue>),
 }
 
+impl CorsPolicy {
+    /// The policy `--cors-origin` flags ask for: none or `*` is any origin;
+    /// otherwise each must be an origin (`scheme://host[:port]`). The
+    /// supervisor checks its flags with this too, and the nginx config
+    /// renders the same list for nginx's own error answers.
+    pub fn parse(origins: &[String]) -> anyhow::Result<CorsPolicy> {
+        if origins.is_empty() || origins.iter().any(|o| o == "*") {
+            return Ok(CorsPolicy::AnyOrigin);
+        }
+        origins
+            .iter()
+            .map(|origin| {
+                let plausible = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                    !scheme.is_empty()
+                        && !rest.is_empty()
+                        && origin
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || ".-:/[]".contains(c))
+                });
+                anyhow::ensure!(
+                    plausible,
+                    "bad --cors-origin {origin:?}: expected an origin such as http://127.0.0.1:8082, or *"
+                );
+                Ok(HeaderValue::from_str(origin)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(CorsPolicy::Origins)
+    }
+}
+
 /// The complete API service.
 pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
     let worker_value =
@@ -138,7 +168,6 @@ async fn health(State(state): State<ApiState>) -> Result<Response> {
 
 /// Opens the store and serves the API until SIGTERM/SIGINT.
 pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
     let path = crate::store::parse_database_location(&args.database)?;
     let listener = crate::listen::listener(args.bind, args.port)?;
     let options = StoreOptions {
@@ -146,16 +175,7 @@ pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         ..StoreOptions::default()
     };
     let store = Store::open(&path, &options)?;
-    let cors = if args.cors_origin.is_empty() || args.cors_origin.iter().any(|o| o == "*") {
-        CorsPolicy::AnyOrigin
-    } else {
-        let origins = args
-            .cors_origin
-            .iter()
-            .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad --cors-origin {o:?}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        CorsPolicy::Origins(origins)
-    };
+    let cors = CorsPolicy::parse(&args.cors_origin)?;
     let state = ApiState {
         store,
         worker: Arc::from(args.name.as_str()),

@@ -1,6 +1,7 @@
 //! The nginx in front: [`render`] turns a [`Plan`] into the config text (a
-//! pure function, the only place that text is written), and [`check`] runs
-//! `nginx -t` on it.
+//! pure function, the only place that text is written), and [`install`]
+//! writes it beside the live config, runs `nginx -t` on it and only then
+//! puts it in place, so a refused config never replaces a good one.
 //!
 //! Every path in the config is relative to nginx's prefix (`-p RUN_DIR`), so
 //! the text is the same in every checkout and nginx never reaches for
@@ -9,20 +10,43 @@
 //! `max_fails`/`fail_timeout` and keepalive connections (which need HTTP/1.1
 //! and an empty `Connection` header), and `proxy_next_upstream` retries a
 //! request that failed to reach a worker on the next one, but never replays a
-//! POST once it was sent (no `non_idempotent`). nginx's own errors under
-//! `/api/` are JSON like the workers'.
+//! POST once it was sent (no `non_idempotent`). POSTs go to the same workers
+//! over fresh connections (a second upstream without keepalive): a worker
+//! that is being replaced closes its idle keepalive connections, and a POST
+//! written onto one at that moment could not be retried. nginx's own errors
+//! under `/api/` are JSON like the workers', with the same CORS origins.
 
 use std::fmt::Write;
 use std::path::Path;
 use std::process::Command;
 
-use crate::supervisor::plan::Plan;
+use crate::api::MAX_BODY_BYTES;
+use crate::plan::Plan;
+use crate::supervisor::probe::PROBE_HEADER;
 
 /// The config file name inside the run directory.
 pub const CONFIG_FILE: &str = "nginx.conf";
 
-/// Renders the nginx config for `plan`.
+/// Renders the nginx config for `plan`, with the access log on stdout (as
+/// under foreman, and as `gallery-supervisor nginx-config` prints it).
 pub fn render(plan: &Plan) -> String {
+    render_with_access_log(plan, "/dev/stdout")
+}
+
+/// The config the supervisor runs: the access log goes to the supervisor
+/// as datagrams on `socket` (nginx's syslog output), never through a pipe.
+/// nginx opens `/dev/stdout` as a file of its own, in blocking mode, so
+/// with a pipe there every nginx worker would stall whenever the supervisor
+/// could not drain it; a datagram that finds the queue full is dropped.
+pub fn render_supervised(plan: &Plan, socket: &Path) -> String {
+    let target = format!(
+        "syslog:server=unix:{},nohostname,tag=nginx",
+        socket.display()
+    );
+    render_with_access_log(plan, &target)
+}
+
+fn render_with_access_log(plan: &Plan, access_log: &str) -> String {
     let bind = host(plan.connect_ip());
     let mut api_servers = String::new();
     for port in &plan.api_ports {
@@ -44,18 +68,36 @@ pub fn render(plan: &Plan) -> String {
         )
         .unwrap();
     }
+    // nginx's own answers carry the origins the workers allow.
+    let (cors_map, allow_origin) = match crate::api::CorsPolicy::parse(&plan.cors_origins) {
+        Ok(crate::api::CorsPolicy::Origins(_)) => {
+            let mut map = String::from(
+                "    map $http_origin $gallery_cors_origin {\n        default \"\";\n",
+            );
+            for origin in &plan.cors_origins {
+                writeln!(map, "        \"{origin}\" \"{origin}\";").unwrap();
+            }
+            map.push_str("    }\n\n");
+            (map, "$gallery_cors_origin")
+        }
+        _ => (String::new(), "*"),
+    };
     let api_error = |status: u16, message: &str| {
         format!(
             "        location @api_{status} {{
             default_type application/json;
-            add_header Access-Control-Allow-Origin * always;
+            add_header Access-Control-Allow-Origin {allow_origin} always;
             add_header Retry-After 1 always;
             return {status} '{{\"error\":\"{message}\"}}\\n';
         }}\n"
         )
     };
+    let max_body_kib = MAX_BODY_BYTES / 1024;
     let error_locations = [
-        api_error(413, "request body is larger than 64 KiB"),
+        api_error(
+            413,
+            &format!("request body is larger than {max_body_kib} KiB"),
+        ),
         api_error(502, "no API worker could answer; please retry shortly"),
         api_error(503, "no API worker is available; please retry shortly"),
         api_error(504, "the API worker took too long to answer; please retry"),
@@ -78,18 +120,18 @@ http {{
     default_type application/octet-stream;
     log_format gallery '$remote_addr \"$request\" $status $body_bytes_sent '
                        '${{request_time}}s upstream=$upstream_addr';
-    access_log /dev/stdout gallery;
+    access_log {access_log} gallery;
 
     client_body_temp_path tmp/client_body;
     proxy_temp_path tmp/proxy;
     fastcgi_temp_path tmp/fastcgi;
     uwsgi_temp_path tmp/uwsgi;
     scgi_temp_path tmp/scgi;
-    client_max_body_size 64k;
+    client_max_body_size {max_body_kib}k;
     # Bodies up to the limit stay in memory and large responses are passed
     # through rather than spooled to disk: nothing depends on the temp paths
     # being writable by nginx's (unprivileged) workers.
-    client_body_buffer_size 64k;
+    client_body_buffer_size {max_body_kib}k;
     proxy_max_temp_file_size 0;
 
     gzip on;
@@ -97,12 +139,21 @@ http {{
     gzip_min_length 256;
     gzip_types application/json text/css application/javascript text/javascript image/svg+xml;
 
-    upstream gallery_api {{
+{cors_map}    upstream gallery_api {{
 {api_servers}        keepalive 32;
     }}
 
+    # The same workers for POSTs, over fresh connections.
+    upstream gallery_api_writes {{
+{api_servers}    }}
+
+    map $request_method $gallery_api_upstream {{
+        default gallery_api;
+        POST gallery_api_writes;
+    }}
+
     upstream gallery_static {{
-        server {bind}:{static_port};
+        server {bind}:{static_port} max_fails=0;
         keepalive 8;
     }}
 
@@ -115,6 +166,8 @@ http {{
         proxy_set_header X-Real-IP $remote_addr;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $scheme;
+        # The supervisor's probe header is the supervisor's alone.
+        proxy_set_header {PROBE_HEADER} \"\";
         proxy_connect_timeout 2s;
         proxy_read_timeout 30s;
         proxy_next_upstream error timeout http_502 http_504;
@@ -122,7 +175,8 @@ http {{
         proxy_next_upstream_timeout 10s;
 
         location /api/ {{
-            proxy_pass http://gallery_api/;
+            rewrite ^/api/(.*)$ /$1 break;
+            proxy_pass http://$gallery_api_upstream;
             error_page 413 @api_413;
             error_page 502 @api_502;
             error_page 503 @api_503;
@@ -164,23 +218,30 @@ pub fn args(run_dir: &Path) -> Vec<std::ffi::OsString> {
     ]
 }
 
-/// Runs `nginx -t` on the config in `run_dir`; the error carries nginx's words.
-pub fn check(nginx: &Path, run_dir: &Path) -> anyhow::Result<()> {
+/// Puts `config` in place as `RUN_DIR/nginx.conf` once `nginx -t` accepts
+/// it; the error carries nginx's words and the live config is untouched.
+pub fn install(nginx: &Path, run_dir: &Path, config: &str) -> anyhow::Result<()> {
+    let candidate = format!("{CONFIG_FILE}.new");
+    std::fs::write(run_dir.join(&candidate), config)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", run_dir.join(&candidate).display()))?;
+    let mut args = args(run_dir);
+    args[3] = candidate.clone().into();
     let output = Command::new(nginx)
-        .args(args(run_dir))
+        .args(args)
         .arg("-t")
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {} -t: {e}", nginx.display()))?;
-    if output.status.success() {
-        return Ok(());
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr
+            .lines()
+            .find(|line| line.contains("[emerg]"))
+            .or_else(|| stderr.lines().next())
+            .unwrap_or("no message");
+        anyhow::bail!("nginx rejected the generated config: {}", reason.trim());
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let reason = stderr
-        .lines()
-        .find(|line| line.contains("[emerg]"))
-        .or_else(|| stderr.lines().next())
-        .unwrap_or("no message");
-    anyhow::bail!("nginx rejected the generated config: {}", reason.trim())
+    std::fs::rename(run_dir.join(&candidate), run_dir.join(CONFIG_FILE))
+        .map_err(|e| anyhow::anyhow!("cannot put the nginx config in place: {e}"))
 }
 
 #[cfg(test)]
@@ -193,6 +254,7 @@ mod tests {
             front_port: 8080,
             static_port: 8082,
             api_ports: vec![8083, 8084, 8085],
+            cors_origins: Vec::new(),
         }
     }
 
@@ -217,8 +279,8 @@ mod tests {
     #[test]
     fn api_prefix_is_stripped_and_the_rest_goes_to_the_static_server() {
         let text = render(&plan());
-        assert!(text.contains("location /api/ {\n            proxy_pass http://gallery_api/;"));
-        assert!(text.contains("server 127.0.0.1:8082;"));
+        assert!(text.contains("location /api/ {\n            rewrite ^/api/(.*)$ /$1 break;"));
+        assert!(text.contains("server 127.0.0.1:8082 max_fails=0;"));
         assert!(text.contains("location / {\n            proxy_pass http://gallery_static;"));
         assert!(text.contains("listen 127.0.0.1:8080;"));
     }
@@ -270,7 +332,50 @@ mod tests {
         let text = render(&plan);
         assert!(text.contains("listen 0.0.0.0:8080;"));
         assert!(text.contains("server 127.0.0.1:8083 max_fails"));
-        assert!(text.contains("server 127.0.0.1:8082;"));
+        assert!(text.contains("server 127.0.0.1:8082 max_fails=0;"));
+    }
+
+    #[test]
+    fn posts_use_fresh_connections_and_other_methods_keepalive() {
+        let text = render(&plan());
+        assert!(text.contains("POST gallery_api_writes;"));
+        assert!(text.contains("proxy_pass http://$gallery_api_upstream;"));
+        let writes = text.split("upstream gallery_api_writes {").nth(1).unwrap();
+        let writes = &writes[..writes.find('}').unwrap()];
+        assert!(!writes.contains("keepalive"), "{writes}");
+        assert_eq!(writes.matches("server 127.0.0.1:808").count(), 6);
+    }
+
+    #[test]
+    fn nginx_errors_carry_the_configured_cors_origins() {
+        assert!(render(&plan()).contains("Access-Control-Allow-Origin * always;"));
+        let mut plan = plan();
+        plan.cors_origins = vec!["http://127.0.0.1:8082".into(), "https://a.example".into()];
+        let text = render(&plan);
+        assert!(!text.contains("Access-Control-Allow-Origin *"), "{text}");
+        assert!(text.contains("Access-Control-Allow-Origin $gallery_cors_origin always;"));
+        assert!(text.contains("\"https://a.example\" \"https://a.example\";"));
+    }
+
+    #[test]
+    fn the_body_limit_is_the_api_limit() {
+        let text = render(&plan());
+        assert!(text.contains(&format!("client_max_body_size {}k;", MAX_BODY_BYTES / 1024)));
+    }
+
+    #[test]
+    fn under_the_supervisor_the_access_log_goes_to_its_socket() {
+        let text = render_supervised(&plan(), Path::new("/run/g/access.sock"));
+        assert!(text.contains(
+            "access_log syslog:server=unix:/run/g/access.sock,nohostname,tag=nginx gallery;"
+        ));
+        assert_eq!(
+            text.replace(
+                "syslog:server=unix:/run/g/access.sock,nohostname,tag=nginx",
+                "/dev/stdout"
+            ),
+            render(&plan())
+        );
     }
 
     #[test]

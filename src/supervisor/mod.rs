@@ -1,56 +1,58 @@
-//! `gallery-supervisor`: starts, watches and stops the whole stack (SPEC §6).
+//! `gallery-supervisor`: starts, watches, changes and stops the whole stack
+//! (SPEC §6, §9).
 //!
 //! The supervisor owns the children and their sockets. It checks what it
 //! can up front (nginx present, assets present, run directory free,
 //! database usable, ports free) so a bad start fails in seconds with one
-//! line; binds every server's port itself and hands the socket to each
-//! generation of that child; starts the static server and the API workers,
-//! waits until each answers HTTP, renders and `nginx -t`s the nginx config,
-//! starts nginx, and then supervises: any exit is logged and restarted per
-//! the policy in `policy.rs`, `state.json` is rewritten on every change, and
-//! SIGINT/SIGTERM stop the stack in order (nginx, then the servers, then
-//! SIGKILL after the grace period; a second signal kills at once).
+//! line, binds every server's port itself, and then hands over to the event
+//! loop: [`core`] makes every decision (start order, restart policy,
+//! watchdog, reload, restart, scale, stop) as a pure function of events,
+//! and `stack` performs them.
 //!
-//! This file holds the entry point, the up-front checks and the wiring of
-//! each child's command line and socket. Sub-modules: `stack` (the event
-//! loop that runs, restarts and stops the children), `plan` (children from
-//! flags), `spawn` (one child process), `policy` (restart decisions),
-//! `probe` (readiness), `output` (prefixed logs), `state` (`state.json`,
-//! `status`), `lock` (one supervisor per run directory).
+//! This file holds the entry point, the subcommands, and the up-front
+//! checks. Sub-modules: `core` (decisions), `stack` (the executor),
+//! `policy` (restart decisions), `spawn` (one child process), `probe`
+//! (readiness and health checks), `output` (prefixed, never-blocking
+//! output), `control` (the control socket and its client), `state`
+//! (`state.json`, `status`), `lock` (one supervisor per run directory).
 
+pub mod control;
+pub mod core;
 mod lock;
 mod output;
-pub mod plan;
-mod policy;
-mod probe;
+pub mod policy;
+pub mod probe;
 mod spawn;
 mod stack;
 pub mod state;
 
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
-use nix::sys::signal::Signal;
 
 use crate::cli::{StackArgs, SupervisorArgs, SupervisorCommand};
-use plan::{Plan, Role};
-pub use policy::{Decision, RestartPolicy, RestartTracker};
-use spawn::Launch;
-use stack::Slot;
+use crate::plan::Plan;
+use control::Request;
+use policy::RestartPolicy;
 
 /// Entry point of the `gallery-supervisor` binary.
 pub fn main(args: SupervisorArgs) -> anyhow::Result<()> {
-    match args.command {
-        Some(SupervisorCommand::Status { json }) => state::print_status(&args.stack.run_dir, json),
+    let run_dir = &args.stack.run_dir;
+    let request = match args.command {
+        None => return run(&args.stack),
+        Some(SupervisorCommand::Status { json }) => return state::print_status(run_dir, json),
         Some(SupervisorCommand::NginxConfig) => {
             print!("{}", crate::nginx::render(&Plan::from_args(&args.stack)?));
-            Ok(())
+            return Ok(());
         }
-        None => run(&args.stack),
-    }
+        Some(SupervisorCommand::Reload) => Request::Reload,
+        Some(SupervisorCommand::Restart { name }) => Request::Restart { name },
+        Some(SupervisorCommand::Scale { workers }) => Request::Scale { workers },
+        Some(SupervisorCommand::Stop) => Request::Stop,
+    };
+    println!("{}", control::send(run_dir, &request)?);
+    Ok(())
 }
 
 /// Finds nginx: a path as given, or a name on PATH or in the sbin directories.
@@ -79,7 +81,7 @@ fn locate_nginx(requested: &Path) -> anyhow::Result<PathBuf> {
 fn server_program(flag: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
         anyhow::ensure!(path.is_file(), "{} does not exist", path.display());
-        return Ok(path.clone());
+        return absolute(path);
     }
     let here = std::env::current_exe().context("cannot find the supervisor's own path")?;
     let path = here.with_file_name(name);
@@ -122,88 +124,69 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
     let database = absolute(&database)?;
 
     // Bind every server socket now: they stay open for the stack's lifetime.
-    let bind = |name: &str, port: u16| {
-        crate::listen::bind(plan.bind, port).with_context(|| format!("{name} cannot listen"))
-    };
-    let static_listener = bind("static", plan.static_port)?;
-    plan.static_port = static_listener.local_addr()?.port();
-    let mut api_listeners = Vec::new();
-    for (i, port) in plan.api_ports.iter_mut().enumerate() {
-        let listener = bind(&format!("api-{}", i + 1), *port)?;
+    let mut sockets = std::collections::HashMap::new();
+    let mut bind = |name: String, port: &mut u16| -> anyhow::Result<()> {
+        let listener = crate::listen::bind(plan.bind, *port)
+            .with_context(|| format!("{name} cannot listen"))?;
         *port = listener.local_addr()?.port();
-        api_listeners.push(listener);
+        sockets.insert(name, listener);
+        Ok(())
+    };
+    bind("static".into(), &mut plan.static_port)?;
+    for (i, port) in plan.api_ports.iter_mut().enumerate() {
+        bind(crate::plan::api_name(i + 1), port)?;
     }
     // nginx binds the front door itself; make sure it is free (or pick one).
-    plan.front_port = bind("nginx", plan.front_port)?.local_addr()?.port();
+    let mut front = plan.front_port;
+    bind("nginx".into(), &mut front)?;
+    sockets.remove("nginx");
+    plan.front_port = front;
 
-    let server_args = |extra: Vec<String>| {
-        let mut all: Vec<std::ffi::OsString> = extra.into_iter().map(Into::into).collect();
-        all.extend(["--bind".into(), plan.bind.to_string().into()]);
-        all
+    let host = match plan.connect_ip() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
     };
-    let mut slots = Vec::new();
-    let mut listeners = std::iter::once(static_listener).chain(api_listeners);
-    for spec in plan.children() {
-        let (launch, listener) = match spec.role {
-            Role::Static => {
-                let listener = listeners.next().expect("one listener per server");
-                let mut args = server_args(vec!["--port".into(), spec.port.to_string()]);
-                args.extend(["--path".into(), assets.clone().into_os_string()]);
-                (
-                    server_launch(&static_program, args, &listener),
-                    Some(listener),
-                )
-            }
-            Role::Api => {
-                let listener = listeners.next().expect("one listener per server");
-                let mut extra = vec!["--name".to_string(), spec.name.clone()];
-                extra.extend(["--port".into(), spec.port.to_string()]);
-                for origin in &args.cors_origin {
-                    extra.extend(["--cors-origin".into(), origin.clone()]);
-                }
-                let mut all = server_args(extra);
-                all.extend(["--database".into(), database.clone().into_os_string()]);
-                (server_launch(&api_program, all, &listener), Some(listener))
-            }
-            Role::Nginx => (
-                Launch {
-                    program: nginx.clone(),
-                    args: crate::nginx::args(&run_dir),
-                    listen_fd: None,
-                    parent_death_signal: Signal::SIGTERM,
-                },
-                None,
-            ),
-        };
-        slots.push(Slot::new(spec, launch, listener));
-    }
-
-    let policy = RestartPolicy {
-        max_restarts: args.max_restarts.max(1),
-        window: Duration::from_secs(args.restart_window),
-        ..RestartPolicy::default()
+    let settings = core::Settings {
+        policy: RestartPolicy {
+            min_uptime: args.min_uptime,
+            max_restarts: args.max_restarts,
+            window: args.restart_window,
+            cooldown: args.cooldown,
+            ..RestartPolicy::default()
+        },
+        grace: args.grace_period,
+        start_timeout: args.start_timeout,
+        health_misses: args.health_misses,
+        api_base_port: args.api_base_port,
+        supervisor_pid: std::process::id(),
+        front_url: format!("http://{host}:{}/", plan.front_port),
+        epoch: (Instant::now(), SystemTime::now()),
     };
-    let grace = Duration::from_secs(args.grace_period);
+    let executor = stack::Executor {
+        core: core::Core::new(settings, plan.children()),
+        launcher: stack::Launcher {
+            api_program,
+            static_program,
+            nginx,
+            run_dir: run_dir.clone(),
+            assets,
+            database,
+            bind: plan.bind,
+            cors_origins: plan.cors_origins.clone(),
+        },
+        watchdog: stack::Watchdog {
+            interval: args.health_interval,
+            timeout: args.health_timeout,
+        },
+        grace: args.grace_period,
+        plan,
+        sockets,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(stack::supervise(
-        slots,
-        plan,
-        nginx,
-        run_dir.clone(),
-        policy,
-        grace,
-    ));
+    let result = runtime.block_on(executor.run());
     state::remove(&run_dir);
+    output::flush(std::time::Duration::from_secs(2));
     result
-}
-
-fn server_launch(program: &Path, args: Vec<std::ffi::OsString>, listener: &TcpListener) -> Launch {
-    Launch {
-        program: program.to_path_buf(),
-        args,
-        listen_fd: Some(listener.as_raw_fd()),
-        parent_death_signal: Signal::SIGKILL,
-    }
 }

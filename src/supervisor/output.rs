@@ -1,30 +1,162 @@
-//! Multiplexing: every line a child prints goes to the supervisor's stdout
-//! prefixed with the child's name, as foreman does; the supervisor's own
-//! lines use the name `supervisor`.
+//! The supervisor's output: every line a child prints goes to the
+//! supervisor's stdout prefixed with the child's name, as foreman does; the
+//! supervisor's own lines use the name `supervisor`.
+//!
+//! Writing never blocks supervision. Lines go through a bounded queue to a
+//! writer thread, which is the only code that touches stdout. When whatever
+//! reads stdout stalls (`| less`, a paused terminal, a slow log shipper),
+//! the queue fills, further lines are dropped and counted, and the count is
+//! printed once output flows again. Children's pipes are drained all the
+//! while, so children never block on their own logging because of it.
+//! Bytes that are not UTF-8 are forwarded with replacement characters.
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-/// Width of the name column: "supervisor" or the longest child name.
-pub fn name_width(names: impl IntoIterator<Item = usize>) -> usize {
-    names
-        .into_iter()
-        .chain(["supervisor".len()])
-        .max()
-        .unwrap_or(10)
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+/// Width of the name column: "supervisor" is the longest name there is.
+const NAME_WIDTH: usize = "supervisor".len();
+/// Lines held while stdout is stalled before new ones are dropped.
+const QUEUE_LINES: usize = 10_000;
+/// A child line longer than this is cut into pieces.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+enum Message {
+    Line(String),
+    Flush(SyncSender<()>),
 }
 
-/// Prints one line with a name prefix.
-pub fn line(width: usize, name: &str, text: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{name:<width$} | {text}");
-    let _ = stdout.flush();
+struct Sink {
+    queue: SyncSender<Message>,
+    dropped: AtomicU64,
 }
 
-/// Copies `stream` line by line to stdout under `name` until it closes.
-pub async fn forward(width: usize, name: String, stream: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(text)) = lines.next_line().await {
-        line(width, &name, &text);
+static SINK: OnceLock<Sink> = OnceLock::new();
+static WRITER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+
+fn sink() -> &'static Sink {
+    SINK.get_or_init(|| {
+        let (queue, lines) = sync_channel(QUEUE_LINES);
+        let handle = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || write_lines(lines))
+            .expect("starting the output thread");
+        *WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Sink {
+            queue,
+            dropped: AtomicU64::new(0),
+        }
+    })
+}
+
+fn write_lines(lines: Receiver<Message>) {
+    let stdout = std::io::stdout();
+    for message in lines {
+        match message {
+            Message::Line(text) => {
+                let mut out = stdout.lock();
+                let _ = out.write_all(text.as_bytes());
+                let dropped = SINK
+                    .get()
+                    .map_or(0, |s| s.dropped.swap(0, Ordering::Relaxed));
+                if dropped > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{:<NAME_WIDTH$} | output was stalled: {dropped} lines dropped",
+                        "supervisor"
+                    );
+                }
+                let _ = out.flush();
+            }
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Queues one line with a name prefix; drops it (counted) if stdout is stalled.
+pub fn line(name: &str, text: &str) {
+    let sink = sink();
+    let formatted = format!("{name:<NAME_WIDTH$} | {text}\n");
+    match sink.queue.try_send(Message::Line(formatted)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            sink.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits up to `timeout` for the queued lines to be written (at exit).
+pub fn flush(timeout: Duration) {
+    let sink = sink();
+    let (done, wait) = sync_channel(1);
+    let deadline = Instant::now() + timeout;
+    let mut message = Message::Flush(done);
+    loop {
+        match sink.queue.try_send(message) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                message = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+}
+
+/// Copies `stream` line by line to the output under `name` until it closes.
+pub async fn forward(name: String, stream: impl AsyncRead + Unpin) {
+    read_lines(stream, |text| line(&name, &text)).await;
+}
+
+/// Calls `each` with every line of `stream` (without its line ending),
+/// decoding lossily and cutting lines longer than `MAX_LINE_BYTES`.
+async fn read_lines(stream: impl AsyncRead + Unpin, mut each: impl FnMut(String)) {
+    let mut reader = BufReader::new(stream);
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_until(b'\n', &mut buffer)
+            .await;
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buffer);
+                each(text.trim_end_matches(['\n', '\r']).to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(input: &[u8]) -> Vec<String> {
+        let mut seen = Vec::new();
+        read_lines(input, |text| seen.push(text)).await;
+        seen
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_utf8_are_replaced_and_forwarding_goes_on() {
+        let seen = lines_of(b"first\n\xff\xfe bad\r\nlast").await;
+        assert_eq!(seen, ["first", "\u{fffd}\u{fffd} bad", "last"]);
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_is_cut_into_pieces() {
+        let input = vec![b'x'; MAX_LINE_BYTES * 2 + 10];
+        let seen = lines_of(&input).await;
+        let lengths: Vec<usize> = seen.iter().map(String::len).collect();
+        assert_eq!(lengths, [MAX_LINE_BYTES, MAX_LINE_BYTES, 10]);
     }
 }

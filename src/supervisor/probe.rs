@@ -1,7 +1,16 @@
-//! Readiness probes: "does this child answer?" A TCP connect is not enough
-//! for our servers — the supervisor holds their sockets, so the kernel
-//! accepts a connection before any process does — so the probe sends a real
-//! HTTP request (hyper's client) and waits for a status.
+//! Probes: "does this process answer?" and "is this child still alive?".
+//!
+//! A TCP connect proves nothing for our servers: the supervisor holds their
+//! sockets, so the kernel accepts a connection before any process does. And
+//! during a reload two processes share one socket, so an answer may come
+//! from the old one. Readiness therefore sends a real HTTP request carrying
+//! [`PROBE_HEADER`] and waits for an answer that names the new process's
+//! pid in [`PID_HEADER`] (both servers add it to probed responses; see
+//! `crate::http`). nginx binds its own port: a connect is enough there.
+//!
+//! The watchdog's health check is one request with a timeout: any HTTP
+//! answer counts, so a worker whose database is briefly down (503) is not
+//! killed; only a hung or deadlocked one is.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,51 +18,70 @@ use std::time::Duration;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
-use super::plan::Role;
+use crate::plan::Role;
 
-/// Probes a child of `role` on `address` every 10 ms until it answers
-/// (true) or `timeout` passes (false): our servers must answer HTTP
-/// (`/health` for a worker), nginx must accept a connection.
-pub async fn until_ready(role: Role, address: SocketAddr, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let attempt = Duration::from_secs(1);
+pub use crate::http::{PID_HEADER, PROBE_HEADER};
+
+/// Probes every 10 ms, forever, until the process `pid` itself answers on
+/// `address` (the caller bounds the wait).
+pub async fn until_ready(role: Role, address: SocketAddr, pid: u32) {
     loop {
         let ready = match role {
-            Role::Api => http_ok(address, "/health", attempt).await,
-            Role::Static => http_ok(address, "/", attempt).await,
-            Role::Nginx => tcp_open(address, attempt).await,
+            Role::Nginx => tcp_open(address, Duration::from_secs(1)).await,
+            _ => {
+                let answer = http_get(address, check_path(role), Duration::from_secs(1)).await;
+                answer.is_some_and(|(_, answered_by)| answered_by == Some(pid))
+            }
         };
         if ready {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// `GET path` answered with a status below 500 within `timeout`.
-async fn http_ok(address: SocketAddr, path: &str, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, http_status(address, path))
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|status| status < 500)
+/// One health check: true when the child answered HTTP within `timeout`.
+pub async fn healthy(role: Role, address: SocketAddr, timeout: Duration) -> bool {
+    match role {
+        Role::Nginx => tcp_open(address, timeout).await,
+        _ => http_get(address, check_path(role), timeout).await.is_some(),
+    }
 }
 
-async fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
-    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, address.to_string())
-        .body(Empty::<bytes::Bytes>::new())
-        .ok()?;
-    let response = sender.send_request(request).await.ok()?;
-    Some(response.status().as_u16())
+fn check_path(role: Role) -> &'static str {
+    match role {
+        Role::Api => "/health",
+        _ => "/",
+    }
+}
+
+/// `GET path` within `timeout`: the status and the pid that answered.
+async fn http_get(
+    address: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Option<(u16, Option<u32>)> {
+    tokio::time::timeout(timeout, async {
+        let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, address.to_string())
+            .header(PROBE_HEADER, "1")
+            .body(Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        let pid = response
+            .headers()
+            .get(PID_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        Some((response.status().as_u16(), pid))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// A TCP connect succeeds within `timeout` (for nginx, which binds its own port).

@@ -10,6 +10,12 @@
 //! you": setting it to the child's own pid would take a `setenv` between
 //! fork and exec, which is not async-signal-safe.
 //!
+//! The write ends of a child's stdout and stderr pipes are non-blocking: if
+//! the supervisor cannot drain them for a while (it is stopped, say), a
+//! child's log write fails and the line is lost instead of the child
+//! stalling with a request half answered. (Our servers and nginx both carry
+//! on after a failed log write.)
+//!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so
 //! every child is spawned from the supervisor's single runtime thread, which
 //! lives as long as the supervisor.
@@ -64,6 +70,12 @@ pub fn spawn(launch: &Launch) -> std::io::Result<tokio::process::Child> {
             if nix::unistd::getppid() != supervisor {
                 // The supervisor died between fork and prctl.
                 libc::_exit(1);
+            }
+            for output in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+                let flags = libc::fcntl(output, libc::F_GETFL);
+                if flags < 0 || libc::fcntl(output, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if let Some(fd) = listen_fd {
                 if fd == LISTEN_FDS_START {

@@ -1,131 +1,565 @@
-//! The running stack: one event loop that owns every child's state.
+//! The executor: performs the core's actions and turns everything that
+//! happens into events for it. It holds the sockets, the child processes'
+//! tasks and the pending replies, and decides nothing.
 //!
-//! Each child generation gets one task that reports its readiness (or its
-//! absence) and then its exit; restart timers report when they are due;
-//! signals end the loop. Everything that changes a child happens here, on
-//! the supervisor's single runtime thread, so there are no locks and every
+//! Everything runs on the supervisor's single runtime thread, so every
 //! child is forked from the same long-lived thread (which
-//! `PR_SET_PDEATHSIG` needs). Events about an earlier generation of a child
-//! are recognised by their generation number and ignored.
+//! `PR_SET_PDEATHSIG` needs). Nothing here blocks that thread: output goes
+//! through `output`'s queue, `state.json` and replies through a writer
+//! thread (a reply leaves only after the state it follows is on disk), and
+//! `nginx -t` runs on the blocking pool.
 
-use std::net::{SocketAddr, TcpListener};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
-use super::plan::{ChildSpec, Plan, Role};
-use super::policy::{Decision, RestartPolicy, RestartTracker};
+use super::control::{self, Incoming, Response};
+use super::core::{Action, Command, Core, Event, ProcId, ReplyTo};
 use super::spawn::{self, Launch};
-use super::state::{self, ChildState, Phase, StackState};
+use super::state::{self, StackState};
 use super::{output, probe};
+use crate::cli::{ApiServerArgs, StaticServerArgs};
+use crate::plan::{ChildSpec, Plan, Role};
 
-/// How long a new child may take to answer before it is killed and retried.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Starts the children in `slots` and supervises them until a stop signal
-/// (Ok) or a failed start (Err), then stops them in order.
-pub(super) async fn supervise(
-    slots: Vec<Slot>,
-    plan: Plan,
-    nginx: PathBuf,
-    run_dir: PathBuf,
-    policy: RestartPolicy,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let (events, inbox) = mpsc::unbounded_channel();
-    let mut stack = Stack {
-        width: output::name_width(slots.iter().map(|s| s.spec.name.len())),
-        slots,
-        plan,
-        nginx,
-        run_dir,
-        policy,
-        grace,
-        events,
-        up: false,
-    };
-    stack.supervise(inbox).await
+/// How each kind of child is started.
+pub(super) struct Launcher {
+    pub api_program: PathBuf,
+    pub static_program: PathBuf,
+    pub nginx: PathBuf,
+    pub run_dir: PathBuf,
+    pub assets: PathBuf,
+    pub database: PathBuf,
+    pub bind: IpAddr,
+    pub cors_origins: Vec<String>,
 }
 
-/// One child and everything the supervisor knows about it.
-pub(super) struct Slot {
-    spec: ChildSpec,
-    launch: Launch,
-    /// The socket every generation serves on; dropped when the child fails.
-    listener: Option<TcpListener>,
-    pid: Option<u32>,
-    /// Bumped at every start, so events about an earlier process are ignored.
-    generation: u64,
-    started: Instant,
-    phase: Phase,
-    restarts: u32,
-    last_exit: Option<String>,
-    tracker: RestartTracker,
+impl Launcher {
+    fn launch(&self, spec: &ChildSpec, socket: Option<&TcpListener>) -> Launch {
+        let listen_fd = socket.map(|s| s.as_raw_fd());
+        let (program, args, parent_death_signal) = match spec.role {
+            Role::Static => {
+                let args = StaticServerArgs {
+                    port: spec.port,
+                    bind: self.bind,
+                    path: self.assets.clone(),
+                };
+                (self.static_program.clone(), args.to_args(), Signal::SIGKILL)
+            }
+            Role::Api => {
+                let mut args =
+                    ApiServerArgs::try_parse_defaults().expect("api-server's defaults parse");
+                args.port = spec.port;
+                args.bind = self.bind;
+                args.database = self.database.to_string_lossy().into_owned();
+                args.name = spec.name.clone();
+                args.cors_origin = self.cors_origins.clone();
+                (self.api_program.clone(), args.to_args(), Signal::SIGKILL)
+            }
+            // SIGTERM so nginx's master takes its workers down with it.
+            Role::Nginx => (
+                self.nginx.clone(),
+                crate::nginx::args(&self.run_dir),
+                Signal::SIGTERM,
+            ),
+        };
+        Launch {
+            program,
+            args,
+            listen_fd,
+            parent_death_signal,
+        }
+    }
 }
 
-impl Slot {
-    pub(super) fn new(spec: ChildSpec, launch: Launch, listener: Option<TcpListener>) -> Slot {
-        Slot {
-            spec,
-            launch,
-            listener,
-            pid: None,
-            generation: 0,
-            started: Instant::now(),
-            phase: Phase::Starting,
-            restarts: 0,
-            last_exit: None,
-            tracker: RestartTracker::default(),
+/// The watchdog's timing.
+pub(super) struct Watchdog {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// What reaches the event loop.
+enum Input {
+    Event(Event),
+    Control(Incoming),
+    Signal(&'static str),
+}
+
+/// Work for the writer thread, done in order.
+enum Job {
+    State(StackState),
+    Reply(oneshot::Sender<Response>, Response),
+}
+
+pub(super) struct Executor {
+    pub core: Core,
+    pub launcher: Launcher,
+    pub plan: Plan,
+    pub watchdog: Watchdog,
+    pub grace: Duration,
+    /// Every server's socket, by child name.
+    pub sockets: HashMap<String, TcpListener>,
+}
+
+struct Running {
+    inbox: mpsc::UnboundedSender<Input>,
+    tasks: HashMap<ProcId, Vec<JoinHandle<()>>>,
+    replies: HashMap<ReplyTo, oneshot::Sender<Response>>,
+    next_reply: ReplyTo,
+    writer: Option<(std::sync::mpsc::Sender<Job>, std::thread::JoinHandle<()>)>,
+}
+
+impl Executor {
+    /// Runs the stack until the core exits; returns its result.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let run_dir = self.launcher.run_dir.clone();
+        let (inbox, mut events) = mpsc::unbounded_channel();
+        let control_socket = control::bind(&run_dir)?;
+        let (requests, mut incoming) = mpsc::unbounded_channel();
+        let connections = std::sync::Arc::new(());
+        let server = tokio::spawn(control::serve(
+            control_socket,
+            requests,
+            connections.clone(),
+        ));
+        {
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                while let Some(request) = incoming.recv().await {
+                    let _ = inbox.send(Input::Control(request));
+                }
+            });
+        }
+        listen_for_signals(&inbox)?;
+        tokio::spawn(forward_access_log(bind_access_log(&run_dir)?));
+        let (jobs, job_queue) = std::sync::mpsc::channel();
+        let state_dir = run_dir.clone();
+        let writer = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || write_jobs(&state_dir, job_queue))?;
+        let mut running = Running {
+            inbox,
+            tasks: HashMap::new(),
+            replies: HashMap::new(),
+            next_reply: 0,
+            writer: Some((jobs, writer)),
+        };
+        let mut event = Event::Start;
+        loop {
+            if let Some(result) = self.feed(event, &mut running) {
+                // Let the answers already given reach their clients.
+                server.abort();
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while std::sync::Arc::strong_count(&connections) > 1 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                return result;
+            }
+            event = loop {
+                let input = events.recv().await.expect("the executor holds a sender");
+                match input {
+                    Input::Event(event) => {
+                        if let Event::Exited { proc, .. } = &event {
+                            for task in running.tasks.remove(proc).unwrap_or_default() {
+                                task.abort();
+                            }
+                        }
+                        break event;
+                    }
+                    Input::Control(Incoming { command, respond }) => {
+                        running.next_reply += 1;
+                        running.replies.insert(running.next_reply, respond);
+                        break Event::Control {
+                            reply: Some(running.next_reply),
+                            command,
+                        };
+                    }
+                    Input::Signal(name) => match name {
+                        "SIGTERM" | "SIGINT" | "SIGQUIT" => break Event::StopSignal(name.into()),
+                        "SIGHUP" => break control_event(Command::Reload),
+                        "SIGTTIN" => break control_event(Command::AddWorker),
+                        "SIGTTOU" => break control_event(Command::RemoveWorker),
+                        other => output::line("supervisor", &format!("{other} received: ignored")),
+                    },
+                }
+            };
         }
     }
 
-    fn is_settled(&self) -> bool {
-        matches!(self.phase, Phase::Running | Phase::Failed)
+    /// Feeds one event and everything that follows from it at once.
+    fn feed(&mut self, event: Event, running: &mut Running) -> Option<anyhow::Result<()>> {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            for action in self.core.on_event(event, Instant::now()) {
+                match self.perform(action, running) {
+                    Outcome::Nothing => {}
+                    Outcome::Event(event) => events.push_back(event),
+                    Outcome::Exit(result) => return Some(result),
+                }
+            }
+        }
+        None
+    }
+
+    fn address(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.plan.connect_ip(), port)
+    }
+
+    fn perform(&mut self, action: Action, running: &mut Running) -> Outcome {
+        let send = |inbox: &mpsc::UnboundedSender<Input>, event| {
+            let _ = inbox.send(Input::Event(event));
+        };
+        match action {
+            Action::Spawn { proc, spec } => {
+                let launch = self.launcher.launch(&spec, self.sockets.get(&spec.name));
+                let mut child = match spawn::spawn(&launch) {
+                    Ok(child) => child,
+                    Err(e) => {
+                        let status = format!("could not start {}: {e}", launch.program.display());
+                        return Outcome::Event(Event::Exited { proc, status });
+                    }
+                };
+                let pid = child.id().unwrap_or_default();
+                for stream in [
+                    child
+                        .stdout
+                        .take()
+                        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+                    child.stderr.take().map(|s| Box::new(s) as Box<_>),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    tokio::spawn(output::forward(spec.name.clone(), stream));
+                }
+                let inbox = running.inbox.clone();
+                tokio::spawn(async move {
+                    let status = match child.wait().await {
+                        Ok(status) => describe(status),
+                        Err(e) => format!("lost track of the process: {e}"),
+                    };
+                    send(&inbox, Event::Exited { proc, status });
+                });
+                Outcome::Event(Event::Spawned { proc, pid })
+            }
+            Action::Probe { proc, pid, spec } => {
+                let (inbox, address) = (running.inbox.clone(), self.address(spec.port));
+                let task = tokio::spawn(async move {
+                    probe::until_ready(spec.role, address, pid).await;
+                    send(&inbox, Event::Ready { proc });
+                });
+                running.tasks.entry(proc).or_default().push(task);
+                Outcome::Nothing
+            }
+            Action::Watch { proc, spec } => {
+                let (inbox, address) = (running.inbox.clone(), self.address(spec.port));
+                let (interval, timeout) = (self.watchdog.interval, self.watchdog.timeout);
+                let task = tokio::spawn(async move {
+                    // A check starts every interval whatever the last one
+                    // took, so a hung child is caught in interval × misses
+                    // + timeout.
+                    let start = tokio::time::Instant::now() + interval;
+                    let mut ticks = tokio::time::interval_at(start, interval);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        ticks.tick().await;
+                        let event = if probe::healthy(spec.role, address, timeout).await {
+                            Event::HealthOk { proc }
+                        } else {
+                            Event::HealthMiss { proc }
+                        };
+                        send(&inbox, event);
+                    }
+                });
+                running.tasks.entry(proc).or_default().push(task);
+                Outcome::Nothing
+            }
+            Action::Signal { pid, signal, group } => {
+                let pid = Pid::from_raw(pid as i32);
+                let _ = if group {
+                    killpg(pid, signal)
+                } else {
+                    kill(pid, signal)
+                };
+                Outcome::Nothing
+            }
+            Action::Bind { token, sockets } => {
+                let mut bound = Vec::new();
+                for (name, port) in sockets {
+                    match crate::listen::bind(self.plan.bind, port) {
+                        Ok(listener) => bound.push((name, listener)),
+                        Err(e) => {
+                            let result = Err(format!("{name}: {e}"));
+                            return Outcome::Event(Event::Bound { token, result });
+                        }
+                    }
+                }
+                let mut ports = Vec::new();
+                for (name, listener) in bound {
+                    ports.push(listener.local_addr().map_or(0, |a| a.port()));
+                    self.sockets.insert(name, listener);
+                }
+                Outcome::Event(Event::Bound {
+                    token,
+                    result: Ok(ports),
+                })
+            }
+            Action::CloseSocket { slot } => {
+                self.sockets.remove(&slot);
+                Outcome::Nothing
+            }
+            Action::ApplyNginx {
+                token,
+                api_ports,
+                reload_pid,
+            } => {
+                let plan = Plan {
+                    api_ports,
+                    ..self.plan.clone()
+                };
+                let access_socket = self.launcher.run_dir.join(ACCESS_LOG_SOCKET);
+                let config = crate::nginx::render_supervised(&plan, &access_socket);
+                let (nginx, run_dir) = (self.launcher.nginx.clone(), self.launcher.run_dir.clone());
+                let inbox = running.inbox.clone();
+                let patience = self.grace + Duration::from_secs(5);
+                tokio::spawn(async move {
+                    let installed = tokio::task::spawn_blocking(move || {
+                        crate::nginx::install(&nginx, &run_dir, &config)
+                    })
+                    .await;
+                    let result = match installed {
+                        Ok(Ok(())) => match reload_pid {
+                            Some(pid) => reload_nginx(pid, patience).await,
+                            None => Ok(()),
+                        },
+                        Ok(Err(e)) => Err(format!("{e:#}")),
+                        Err(e) => Err(format!("nginx -t did not finish: {e}")),
+                    };
+                    send(&inbox, Event::NginxApplied { token, result });
+                });
+                Outcome::Nothing
+            }
+            Action::WriteState(snapshot) => {
+                if let Some((jobs, _)) = &running.writer {
+                    let _ = jobs.send(Job::State(snapshot));
+                }
+                Outcome::Nothing
+            }
+            Action::Reply { to, ok, message } => {
+                if let (Some(respond), Some((jobs, _))) =
+                    (running.replies.remove(&to), &running.writer)
+                {
+                    let _ = jobs.send(Job::Reply(respond, Response { ok, message }));
+                }
+                Outcome::Nothing
+            }
+            Action::Log(text) => {
+                output::line("supervisor", &text);
+                Outcome::Nothing
+            }
+            Action::Schedule { after, timer } => {
+                let inbox = running.inbox.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    send(&inbox, Event::Timer(timer));
+                });
+                Outcome::Nothing
+            }
+            Action::Exit { result, notify } => {
+                // Let the writer finish, then clear the run directory.
+                if let Some((jobs, writer)) = running.writer.take() {
+                    drop(jobs);
+                    let _ = writer.join();
+                }
+                let run_dir = &self.launcher.run_dir;
+                state::remove(run_dir);
+                let _ = std::fs::remove_file(control::path(run_dir));
+                let _ = std::fs::remove_file(run_dir.join(ACCESS_LOG_SOCKET));
+                self.sockets.clear();
+                for to in notify {
+                    if let Some(respond) = running.replies.remove(&to) {
+                        let message = match &result {
+                            Ok(()) => "stopped".to_string(),
+                            Err(e) => e.clone(),
+                        };
+                        let _ = respond.send(Response {
+                            ok: result.is_ok(),
+                            message,
+                        });
+                    }
+                }
+                Outcome::Exit(result.map_err(anyhow::Error::msg))
+            }
+        }
     }
 }
 
-enum Event {
-    Exited {
-        slot: usize,
-        generation: u64,
-        status: String,
-    },
-    Ready {
-        slot: usize,
-        generation: u64,
-    },
-    NotReady {
-        slot: usize,
-        generation: u64,
-    },
-    RestartDue {
-        slot: usize,
-        generation: u64,
-    },
+/// The datagram socket nginx sends its access log to, in the run directory.
+const ACCESS_LOG_SOCKET: &str = "access.sock";
+
+fn bind_access_log(run_dir: &std::path::Path) -> anyhow::Result<tokio::net::UnixDatagram> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let path = run_dir.join(ACCESS_LOG_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let socket = tokio::net::UnixDatagram::bind(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // nginx's workers may run as another user: they only need to send.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622))?;
+    Ok(socket)
 }
 
-/// Why supervision ended.
-enum Stop {
-    Signal(&'static str),
-    Failed(anyhow::Error),
+/// Prints nginx's access log lines under `nginx`, as if read from its stdout.
+async fn forward_access_log(socket: tokio::net::UnixDatagram) {
+    let mut buffer = vec![0; 64 * 1024];
+    while let Ok(length) = socket.recv(&mut buffer).await {
+        output::line("nginx", &syslog_message(&buffer[..length]));
+    }
 }
 
-struct Stack {
-    slots: Vec<Slot>,
-    plan: Plan,
-    nginx: PathBuf,
-    run_dir: PathBuf,
-    policy: RestartPolicy,
-    grace: Duration,
-    width: usize,
-    events: mpsc::UnboundedSender<Event>,
-    /// True once nginx first answered and the stack was announced.
-    up: bool,
+/// The message of a syslog datagram (`<190>Dec  2 05:52:55 nginx: TEXT`).
+fn syslog_message(datagram: &[u8]) -> String {
+    let text = String::from_utf8_lossy(datagram);
+    let text = text.trim_end_matches('\n');
+    match text.strip_prefix('<').and_then(|_| text.split_once(": ")) {
+        Some((_, message)) => message.to_string(),
+        None => text.to_string(),
+    }
+}
+
+enum Outcome {
+    Nothing,
+    Event(Event),
+    Exit(anyhow::Result<()>),
+}
+
+fn control_event(command: Command) -> Event {
+    Event::Control {
+        reply: None,
+        command,
+    }
+}
+
+/// Forwards every signal the supervisor handles into the event loop. Every
+/// catchable signal whose default would end the process is handled here:
+/// the stop signals stop, SIGHUP/SIGTTIN/SIGTTOU are operations, the rest
+/// are logged and ignored.
+fn listen_for_signals(inbox: &mpsc::UnboundedSender<Input>) -> anyhow::Result<()> {
+    let kinds = [
+        ("SIGTERM", SignalKind::terminate()),
+        ("SIGINT", SignalKind::interrupt()),
+        ("SIGQUIT", SignalKind::quit()),
+        ("SIGHUP", SignalKind::hangup()),
+        ("SIGTTIN", SignalKind::from_raw(nix::libc::SIGTTIN)),
+        ("SIGTTOU", SignalKind::from_raw(nix::libc::SIGTTOU)),
+        ("SIGUSR1", SignalKind::user_defined1()),
+        ("SIGUSR2", SignalKind::user_defined2()),
+        ("SIGALRM", SignalKind::alarm()),
+        ("SIGVTALRM", SignalKind::from_raw(nix::libc::SIGVTALRM)),
+        ("SIGPROF", SignalKind::from_raw(nix::libc::SIGPROF)),
+        ("SIGIO", SignalKind::io()),
+        ("SIGPWR", SignalKind::from_raw(nix::libc::SIGPWR)),
+        ("SIGXCPU", SignalKind::from_raw(nix::libc::SIGXCPU)),
+        ("SIGXFSZ", SignalKind::from_raw(nix::libc::SIGXFSZ)),
+        ("SIGSTKFLT", SignalKind::from_raw(nix::libc::SIGSTKFLT)),
+    ];
+    for (name, kind) in kinds {
+        let mut stream = signal(kind)?;
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let _ = inbox.send(Input::Signal(name));
+            }
+        });
+    }
+    Ok(())
+}
+
+/// SIGHUPs nginx's master and waits until the workers it had are gone, so
+/// that no request is routed by the old config afterwards.
+async fn reload_nginx(master: u32, patience: Duration) -> Result<(), String> {
+    let old_workers: Vec<i32> = group_members(master as i32)
+        .into_iter()
+        .filter(|&pid| pid != master as i32)
+        .collect();
+    kill(Pid::from_raw(master as i32), Signal::SIGHUP)
+        .map_err(|e| format!("cannot signal nginx (pid {master}): {e}"))?;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let members = group_members(master as i32);
+        if !old_workers.iter().any(|pid| members.contains(pid)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "nginx's old workers were still running {} s after the reload",
+                patience.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Live (not zombie) processes of process group `pgid`, from /proc.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // Fields after the command name: state, ppid, pgrp, ...
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, rest)| rest)
+                    .split_whitespace()
+                    .collect();
+                fields.first() != Some(&"Z")
+                    && fields.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
+            })
+        })
+        .collect()
+}
+
+/// Writes `state.json` and releases replies, in the order they came: a
+/// reply leaves only once the state before it is on disk.
+fn write_jobs(run_dir: &std::path::Path, jobs: std::sync::mpsc::Receiver<Job>) {
+    let write = |snapshot: &StackState| {
+        if let Err(e) = state::write(run_dir, snapshot) {
+            output::line(
+                "supervisor",
+                &format!("cannot write {}: {e}", state::path(run_dir).display()),
+            );
+        }
+    };
+    while let Ok(first) = jobs.recv() {
+        // Of a burst of states only the last needs writing.
+        let mut pending: Option<StackState> = None;
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                Job::State(snapshot) => pending = Some(snapshot),
+                Job::Reply(respond, response) => {
+                    if let Some(snapshot) = pending.take() {
+                        write(&snapshot);
+                    }
+                    let _ = respond.send(response);
+                }
+            }
+            next = jobs.try_recv().ok();
+        }
+        if let Some(snapshot) = pending {
+            write(&snapshot);
+        }
+    }
 }
 
 fn describe(status: std::process::ExitStatus) -> String {
@@ -140,388 +574,16 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-impl Stack {
-    fn say(&self, text: &str) {
-        output::line(self.width, "supervisor", text);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn address(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.plan.connect_ip(), port)
-    }
-
-    fn nginx_slot(&self) -> usize {
-        self.slots.len() - 1
-    }
-
-    fn write_state(&self) {
-        let snapshot = StackState {
-            supervisor_pid: std::process::id(),
-            children: self
-                .slots
-                .iter()
-                .map(|slot| ChildState {
-                    name: slot.spec.name.clone(),
-                    role: slot.spec.role,
-                    pid: slot.pid,
-                    port: slot.spec.port,
-                    state: slot.phase,
-                    restarts: slot.restarts,
-                    last_exit: slot.last_exit.clone(),
-                })
-                .collect(),
-        };
-        if let Err(e) = state::write(&self.run_dir, &snapshot) {
-            self.say(&format!(
-                "cannot write {}: {e}",
-                state::path(&self.run_dir).display()
-            ));
-        }
-    }
-
-    /// Starts a new generation of a child.
-    fn start(&mut self, index: usize) {
-        let width = self.width;
-        let events = self.events.clone();
-        let address = self.address(self.slots[index].spec.port);
-        let slot = &mut self.slots[index];
-        slot.generation += 1;
-        slot.phase = Phase::Starting;
-        slot.started = Instant::now();
-        let generation = slot.generation;
-        let name = slot.spec.name.clone();
-        let role = slot.spec.role;
-        match spawn::spawn(&slot.launch) {
-            Ok(mut child) => {
-                slot.pid = child.id();
-                let pid = slot.pid.unwrap_or_default();
-                if let Some(stdout) = child.stdout.take() {
-                    tokio::spawn(output::forward(width, name.clone(), stdout));
-                }
-                if let Some(stderr) = child.stderr.take() {
-                    tokio::spawn(output::forward(width, name.clone(), stderr));
-                }
-                // One task per generation: it reports readiness (or its
-                // absence) and then the exit; the probe stops with the process.
-                tokio::spawn(async move {
-                    let readiness = probe::until_ready(role, address, READY_TIMEOUT);
-                    tokio::pin!(readiness);
-                    let mut probing = true;
-                    let status = loop {
-                        tokio::select! {
-                            status = child.wait() => break status,
-                            ready = &mut readiness, if probing => {
-                                probing = false;
-                                let _ = events.send(if ready {
-                                    Event::Ready { slot: index, generation }
-                                } else {
-                                    Event::NotReady { slot: index, generation }
-                                });
-                            }
-                        }
-                    };
-                    let status = match status {
-                        Ok(status) => describe(status),
-                        Err(e) => format!("lost track of the process: {e}"),
-                    };
-                    let _ = events.send(Event::Exited {
-                        slot: index,
-                        generation,
-                        status,
-                    });
-                });
-                self.say(&format!("started {name} (pid {pid})"));
-            }
-            Err(e) => {
-                slot.pid = None;
-                let status = format!("could not start {}: {e}", slot.launch.program.display());
-                let _ = events.send(Event::Exited {
-                    slot: index,
-                    generation,
-                    status,
-                });
-            }
-        }
-        self.write_state();
-    }
-
-    fn on_exit(&mut self, index: usize, generation: u64, status: String) {
-        if self.slots[index].generation != generation {
-            return;
-        }
-        let slot = &mut self.slots[index];
-        let pid = slot.pid.take();
-        slot.last_exit = Some(status.clone());
-        let name = slot.spec.name.clone();
-        let pid_text = pid.map_or("no pid".to_string(), |p| format!("pid {p}"));
-        if let Some(pid) = pid {
-            // nginx's workers (and anything else in the group) go with it.
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        let decision = slot
-            .tracker
-            .on_exit(&self.policy, slot.started, Instant::now());
-        self.say(&format!("{name} ({pid_text}) exited: {status}"));
-        match decision {
-            Decision::RestartAfter(delay) if delay.is_zero() => {
-                self.slots[index].restarts += 1;
-                self.say(&format!("restarting {name} now"));
-                self.start(index);
-            }
-            Decision::RestartAfter(delay) => {
-                let slot = &mut self.slots[index];
-                slot.phase = Phase::Backoff;
-                self.say(&format!("restarting {name} in {} ms", delay.as_millis()));
-                let events = self.events.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = events.send(Event::RestartDue {
-                        slot: index,
-                        generation,
-                    });
-                });
-                self.write_state();
-            }
-            Decision::GiveUp => {
-                let slot = &mut self.slots[index];
-                slot.phase = Phase::Failed;
-                // Close its socket so nginx stops waiting on it.
-                slot.listener = None;
-                self.say(&format!(
-                    "{name} exited {} times within {} s: marked failed, not restarting",
-                    self.policy.max_restarts,
-                    self.policy.window.as_secs()
-                ));
-                self.write_state();
-            }
-        }
-    }
-
-    fn on_ready(&mut self, index: usize, generation: u64) {
-        let slot = &mut self.slots[index];
-        if slot.generation != generation || slot.phase != Phase::Starting {
-            return;
-        }
-        slot.phase = Phase::Running;
-        let (name, pid, port) = (
-            slot.spec.name.clone(),
-            slot.pid.unwrap_or_default(),
-            slot.spec.port,
+    #[test]
+    fn syslog_datagrams_are_reduced_to_their_message() {
+        assert_eq!(
+            syslog_message(b"<190>Dec  2 05:52:55 nginx: 127.0.0.1 \"GET / HTTP/1.1\" 200"),
+            "127.0.0.1 \"GET / HTTP/1.1\" 200"
         );
-        if self.up {
-            self.say(&format!("{name} (pid {pid}) is answering on port {port}"));
-        }
-        self.write_state();
-    }
-
-    fn on_not_ready(&mut self, index: usize, generation: u64) {
-        let slot = &self.slots[index];
-        if slot.generation != generation || slot.phase != Phase::Starting {
-            return;
-        }
-        self.say(&format!(
-            "{} did not answer within {} s: killing it",
-            slot.spec.name,
-            READY_TIMEOUT.as_secs()
-        ));
-        if let Some(pid) = slot.pid {
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
-
-    /// Called after every event while starting: starts nginx once the
-    /// servers are settled, and announces the stack once nginx answers.
-    fn advance_start(&mut self) -> Result<(), anyhow::Error> {
-        let nginx = self.nginx_slot();
-        let servers = &self.slots[..nginx];
-        if self.slots[nginx].generation == 0 {
-            if !servers.iter().all(Slot::is_settled) {
-                return Ok(());
-            }
-            let failed = |slot: &&Slot| slot.phase == Phase::Failed;
-            if let Some(slot) = servers
-                .iter()
-                .find(|s| s.spec.role == Role::Static)
-                .filter(failed)
-            {
-                anyhow::bail!(
-                    "the static server failed to start ({}); see its output above",
-                    slot.last_exit.as_deref().unwrap_or("no exit status")
-                );
-            }
-            if servers
-                .iter()
-                .filter(|s| s.spec.role == Role::Api)
-                .all(|s| s.phase == Phase::Failed)
-            {
-                anyhow::bail!("every API worker failed to start; see their output above");
-            }
-            let config = crate::nginx::render(&self.plan);
-            let path = self.run_dir.join(crate::nginx::CONFIG_FILE);
-            std::fs::write(&path, config)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            crate::nginx::check(&self.nginx, &self.run_dir)?;
-            self.start(nginx);
-            return Ok(());
-        }
-        match self.slots[nginx].phase {
-            Phase::Running => {
-                self.up = true;
-                for slot in &self.slots {
-                    let pid = slot.pid.map_or("-".to_string(), |p| p.to_string());
-                    let state = if slot.phase == Phase::Running {
-                        String::new()
-                    } else {
-                        format!("  ({})", slot.phase.as_str())
-                    };
-                    self.say(&format!(
-                        "{:<w$}  pid {pid:>7}  port {}{state}",
-                        slot.spec.name,
-                        slot.spec.port,
-                        w = self.width
-                    ));
-                }
-                let host = match self.plan.connect_ip() {
-                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                    ip => ip.to_string(),
-                };
-                self.say(&format!(
-                    "gallery is up: open http://{host}:{}/",
-                    self.plan.front_port
-                ));
-                Ok(())
-            }
-            Phase::Failed => anyhow::bail!(
-                "nginx failed to start ({}); see its output above",
-                self.slots[nginx]
-                    .last_exit
-                    .as_deref()
-                    .unwrap_or("no exit status")
-            ),
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs the stack until a signal or a start-up failure, then stops it.
-    async fn supervise(&mut self, mut inbox: mpsc::UnboundedReceiver<Event>) -> anyhow::Result<()> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        for index in 0..self.nginx_slot() {
-            self.start(index);
-        }
-        let stop = loop {
-            let event = tokio::select! {
-                _ = term.recv() => break Stop::Signal("SIGTERM"),
-                _ = int.recv() => break Stop::Signal("SIGINT"),
-                event = inbox.recv() => event.expect("the stack holds a sender"),
-            };
-            match event {
-                Event::Exited {
-                    slot,
-                    generation,
-                    status,
-                } => self.on_exit(slot, generation, status),
-                Event::Ready { slot, generation } => self.on_ready(slot, generation),
-                Event::NotReady { slot, generation } => self.on_not_ready(slot, generation),
-                Event::RestartDue { slot, generation } => {
-                    if self.slots[slot].generation == generation
-                        && self.slots[slot].phase == Phase::Backoff
-                    {
-                        self.slots[slot].restarts += 1;
-                        self.start(slot);
-                    }
-                }
-            }
-            if !self.up
-                && let Err(error) = self.advance_start()
-            {
-                break Stop::Failed(error);
-            }
-        };
-        if let Stop::Signal(name) = &stop {
-            self.say(&format!(
-                "{name} received: stopping (a second signal stops at once)"
-            ));
-        }
-        let forced = self.stop(&mut inbox, &mut term, &mut int).await;
-        match stop {
-            Stop::Failed(error) => Err(error),
-            Stop::Signal(_) if forced => {
-                anyhow::bail!("stopped at once on a second signal; children were killed")
-            }
-            Stop::Signal(_) => {
-                self.say("stopped");
-                Ok(())
-            }
-        }
-    }
-
-    fn alive(&self, indices: &[usize]) -> Vec<usize> {
-        indices
-            .iter()
-            .copied()
-            .filter(|&i| self.slots[i].pid.is_some())
-            .collect()
-    }
-
-    fn signal_all(&self, indices: &[usize], signal: Signal) {
-        for &i in indices {
-            if let Some(pid) = self.slots[i].pid {
-                let _ = kill(Pid::from_raw(pid as i32), signal);
-            }
-        }
-    }
-
-    fn kill_groups(&self, indices: &[usize]) {
-        for &i in indices {
-            if let Some(pid) = self.slots[i].pid {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-        }
-    }
-
-    /// Stops in order; returns true if a second signal forced it.
-    async fn stop(
-        &mut self,
-        inbox: &mut mpsc::UnboundedReceiver<Event>,
-        term: &mut tokio::signal::unix::Signal,
-        int: &mut tokio::signal::unix::Signal,
-    ) -> bool {
-        for slot in &mut self.slots {
-            if slot.phase != Phase::Failed {
-                slot.phase = Phase::Stopping;
-            }
-        }
-        self.write_state();
-        let nginx = vec![self.nginx_slot()];
-        let servers: Vec<usize> = (0..self.nginx_slot()).collect();
-        let everyone: Vec<usize> = (0..self.slots.len()).collect();
-        // nginx first (SIGQUIT: finish requests, then exit), then the servers (SIGTERM: drain).
-        for (group, signal) in [(&nginx, Signal::SIGQUIT), (&servers, Signal::SIGTERM)] {
-            self.signal_all(group, signal);
-            let deadline = tokio::time::Instant::now() + self.grace;
-            while !self.alive(group).is_empty() {
-                tokio::select! {
-                    _ = term.recv() => { self.kill_groups(&everyone); return true; }
-                    _ = int.recv() => { self.kill_groups(&everyone); return true; }
-                    _ = tokio::time::sleep_until(deadline) => {
-                        for i in self.alive(group) {
-                            self.say(&format!("{} did not stop within {} s: killing it", self.slots[i].spec.name, self.grace.as_secs()));
-                        }
-                        self.kill_groups(group);
-                        break;
-                    }
-                    event = inbox.recv() => {
-                        if let Some(Event::Exited { slot, generation, status }) = event
-                            && self.slots[slot].generation == generation
-                            && let Some(pid) = self.slots[slot].pid.take()
-                        {
-                            self.say(&format!("{} (pid {pid}) stopped: {status}", self.slots[slot].spec.name));
-                            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                        }
-                    }
-                }
-            }
-        }
-        false
+        assert_eq!(syslog_message(b"plain: text\n"), "plain: text");
     }
 }

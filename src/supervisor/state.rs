@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::plan::Role;
+use crate::plan::Role;
 
 pub const STATE_FILE: &str = "state.json";
 
@@ -44,6 +44,19 @@ pub struct ChildState {
     pub state: Phase,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// When the current process started (Unix seconds), if one runs.
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    /// The watchdog's view of the current process, once it has checked it.
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+/// The watchdog's last word on a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Health checks missed in a row (0: the last one answered).
+    pub misses: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,24 +82,49 @@ pub fn remove(run_dir: &Path) {
     let _ = std::fs::remove_file(path(run_dir));
 }
 
-/// The table `gallery-supervisor status` prints.
-pub fn table(state: &StackState) -> String {
+/// An uptime as a person reads it: `42s`, `5m03s`, `2h07m`, `3d04h`.
+fn uptime(seconds: u64) -> String {
+    let (d, h, m, s) = (
+        seconds / 86_400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+/// The table `gallery-supervisor status` prints; `now` is Unix seconds.
+pub fn table(state: &StackState, now: u64) -> String {
     let mut out = format!("supervisor pid {}\n", state.supervisor_pid);
     let _ = writeln!(
         out,
-        "{:<8} {:<7} {:>8} {:>6}  {:<9} {:>8}  LAST EXIT",
-        "NAME", "ROLE", "PID", "PORT", "STATE", "RESTARTS"
+        "{:<8} {:<7} {:>8} {:>6}  {:<9} {:>7}  {:<8} {:>8}  LAST EXIT",
+        "NAME", "ROLE", "PID", "PORT", "STATE", "UPTIME", "HEALTH", "RESTARTS"
     );
     for child in &state.children {
         let role = serde_json::to_value(child.role).unwrap_or_default();
+        let health = match child.health {
+            None => "-".to_string(),
+            Some(Health { misses: 0 }) => "ok".to_string(),
+            Some(Health { misses }) => format!("{misses} missed"),
+        };
         let _ = writeln!(
             out,
-            "{:<8} {:<7} {:>8} {:>6}  {:<9} {:>8}  {}",
+            "{:<8} {:<7} {:>8} {:>6}  {:<9} {:>7}  {:<8} {:>8}  {}",
             child.name,
             role.as_str().unwrap_or("?"),
             child.pid.map_or("-".to_string(), |p| p.to_string()),
             child.port,
             child.state.as_str(),
+            child
+                .started_at
+                .map_or("-".to_string(), |t| uptime(now.saturating_sub(t))),
+            health,
             child.restarts,
             child.last_exit.as_deref().unwrap_or("-"),
         );
@@ -121,7 +159,10 @@ pub fn print_status(run_dir: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         print!("{text}");
     } else {
-        print!("{}", table(&state));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        print!("{}", table(&state, now));
     }
     Ok(())
 }
@@ -141,6 +182,8 @@ mod tests {
                 state: Phase::Running,
                 restarts: 0,
                 last_exit: None,
+                started_at: Some(1_000),
+                health: Some(Health { misses: 0 }),
             }],
         }
     }
@@ -151,7 +194,8 @@ mod tests {
         assert_eq!(
             value,
             serde_json::json!({"supervisor_pid": 41, "children": [{"name": "api-1", "role": "api",
-                "pid": 42, "port": 8083, "state": "running", "restarts": 0, "last_exit": null}]})
+                "pid": 42, "port": 8083, "state": "running", "restarts": 0, "last_exit": null,
+                "started_at": 1000, "health": {"misses": 0}}]})
         );
     }
 
@@ -166,10 +210,20 @@ mod tests {
 
     #[test]
     fn the_table_has_a_row_per_child() {
-        let text = table(&sample());
+        let text = table(&sample(), 1_000 + 3_723);
         assert!(
-            text.contains("api-1    api           42   8083  running          0  -"),
+            text.contains(
+                "api-1    api           42   8083  running     1h02m  ok              0  -"
+            ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn uptimes_read_naturally() {
+        assert_eq!(uptime(42), "42s");
+        assert_eq!(uptime(303), "5m03s");
+        assert_eq!(uptime(7_620), "2h07m");
+        assert_eq!(uptime(273_600), "3d04h");
     }
 }

@@ -6,13 +6,14 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod load;
 pub mod supervisor;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use self::http::{ORIGINAL_POST, client, get_json, post_form, raw_request};
@@ -30,6 +31,17 @@ pub fn bin(name: &str) -> PathBuf {
 /// The repository's `assets/` directory.
 pub fn assets_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
+}
+
+/// Held by every heavy test (sustained load, chaos, long waits) for its
+/// whole run, so that no two of them share a small machine's cores and
+/// skew each other's timings. A test that panicked while holding it leaves
+/// nothing behind to protect, so a poisoned lock is simply taken over.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Polls `condition` until it holds or `timeout` passes; panics with `what`.
@@ -115,6 +127,28 @@ impl Proc {
             child,
             output,
             readers,
+            status: None,
+            terminate_on_drop: false,
+        }
+    }
+
+    /// Like [`Proc::spawn`] but with stdout and stderr going into pipes
+    /// that nobody reads: once they fill, every write the child makes to
+    /// them would block (a stalled `| less` or log shipper).
+    pub fn spawn_unread(name: &str, mut command: Command) -> Proc {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // The read ends stay open, unread, in `child` until it is dropped.
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            output: Output::default(),
+            readers: Vec::new(),
             status: None,
             terminate_on_drop: false,
         }

@@ -1,12 +1,14 @@
 //! A running `gallery-supervisor` in a temp directory, on free ports.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Proc, assets_dir, bin, free_port, wait_for};
+use super::{Proc, assets_dir, bin, free_port, wait_for, wait_until};
 
 pub struct Supervisor {
     pub proc: Proc,
@@ -72,6 +74,50 @@ impl Supervisor {
         }
     }
 
+    /// Starts the stack with the supervisor's stdout and stderr going into
+    /// pipes nobody reads; readiness is seen from outside (state.json and
+    /// the front door), since its "gallery is up" line may never be read.
+    pub fn start_unread(extra: &[&str]) -> Supervisor {
+        let dir = Self::temp_dir();
+        let command = Self::command(dir.path(), extra);
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let front_port: u16 = args
+            .iter()
+            .position(|a| a == "--port")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|p| p.parse().ok())
+            .expect("a --port on the command line");
+        let mut proc = Proc::spawn_unread("supervisor", command);
+        let run_dir = dir.path().join(".gallery");
+        let quick = quick_client();
+        wait_until(Duration::from_secs(30), "the stack to come up", || {
+            if let Some(status) = proc.child.try_wait().unwrap() {
+                panic!("supervisor exited with {status} (its output was not read)");
+            }
+            let Some(state) = read_state(&run_dir) else {
+                return false;
+            };
+            let all_running = state["children"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["state"] == "running"));
+            all_running
+                && ["/", "/api/health"].iter().all(|path| {
+                    quick
+                        .get(format!("http://127.0.0.1:{front_port}{path}"))
+                        .send()
+                        .is_ok_and(|r| r.status() == 200)
+                })
+        });
+        Supervisor {
+            proc,
+            dir,
+            front_port,
+        }
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.dir.path().join(".gallery")
     }
@@ -113,4 +159,257 @@ impl Supervisor {
         pids.dedup();
         pids
     }
+}
+
+/// state.json of `run_dir`, or `None` while it is absent or unreadable.
+pub fn read_state(run_dir: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(run_dir.join("state.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// A client for probes: short timeout, no redirects.
+pub fn quick_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The outcome of one `gallery-supervisor SUBCOMMAND` run.
+#[derive(Debug)]
+pub struct Ran {
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl Ran {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+    /// stdout and stderr together.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    /// Panics unless it exited `code`.
+    pub fn expect_code(&self, code: i32) -> &Ran {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "gallery-supervisor {:?} exited {} after {:.1?}\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.status,
+            self.took,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `gallery-supervisor ARGS` in `dir` (so the run directory is the
+/// default `.gallery` there) and waits at most `timeout` for it to exit.
+pub fn run_control(dir: &Path, args: &[&str], timeout: Duration) -> Ran {
+    let mut child = Command::new(bin("gallery-supervisor"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |mut stream: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let Some(status) = status else {
+        panic!(
+            "gallery-supervisor {args:?} did not exit within {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    };
+    Ran {
+        args,
+        status,
+        stdout,
+        stderr,
+        took: started.elapsed(),
+    }
+}
+
+impl Supervisor {
+    /// Runs a control subcommand against this stack.
+    pub fn control(&self, args: &[&str], timeout: Duration) -> Ran {
+        run_control(self.dir.path(), args, timeout)
+    }
+
+    /// The state.json entries of the API workers, in file order.
+    pub fn api_children(&self) -> Vec<Value> {
+        self.state()["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["role"] == "api")
+            .cloned()
+            .collect()
+    }
+
+    /// Names of the API workers in state.json, in file order.
+    pub fn api_names(&self) -> Vec<String> {
+        self.api_children()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Every child's pid by name (`None` while it has none).
+    pub fn pids(&self) -> BTreeMap<String, Option<i32>> {
+        self.state()["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["pid"].as_i64().map(|p| p as i32),
+                )
+            })
+            .collect()
+    }
+
+    pub fn port_of(&self, name: &str) -> u16 {
+        self.child(name)["port"].as_u64().unwrap() as u16
+    }
+
+    /// The generated nginx config.
+    pub fn nginx_conf(&self) -> String {
+        std::fs::read_to_string(self.run_dir().join("nginx.conf")).unwrap()
+    }
+
+    /// Every PORT of a `server 127.0.0.1:PORT` line of the generated config.
+    pub fn nginx_conf_ports(&self) -> BTreeSet<u16> {
+        self.nginx_conf()
+            .lines()
+            .filter_map(|line| {
+                let rest = line.trim().strip_prefix("server ")?;
+                let rest = rest.trim().strip_prefix("127.0.0.1:")?;
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Whether `name` runs under a pid other than `old`, is `running` and
+    /// answers its readiness check directly on its port.
+    pub fn is_replaced(&self, name: &str, old: i32, quick: &reqwest::blocking::Client) -> bool {
+        let Some(state) = read_state(&self.run_dir()) else {
+            return false;
+        };
+        let Some(child) = state["children"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+        else {
+            return false;
+        };
+        let (Some(pid), Some(port)) = (child["pid"].as_i64(), child["port"].as_u64()) else {
+            return false;
+        };
+        if pid as i32 == old || child["state"] != "running" {
+            return false;
+        }
+        let path = if name.starts_with("api") {
+            "/health"
+        } else {
+            "/"
+        };
+        quick
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    }
+
+    /// Waits (at most `timeout`) until `name` is replaced (see
+    /// [`Supervisor::is_replaced`]); returns the time since `since`.
+    pub fn wait_replaced(
+        &self,
+        name: &str,
+        old: i32,
+        since: Instant,
+        timeout: Duration,
+    ) -> Duration {
+        let quick = quick_client();
+        let deadline = Instant::now() + timeout;
+        while !self.is_replaced(name, old, &quick) {
+            if Instant::now() >= deadline {
+                let child = read_state(&self.run_dir())
+                    .and_then(|s| {
+                        s["children"]
+                            .as_array()?
+                            .iter()
+                            .find(|c| c["name"] == name)
+                            .cloned()
+                    })
+                    .unwrap_or_default();
+                panic!("{name} (was pid {old}) not replaced within {timeout:?}; now: {child}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        since.elapsed()
+    }
+
+    /// Asks `/api/health` through the front door until every name in
+    /// `expected` has answered (X-Worker); returns every name that did.
+    pub fn workers_answering(
+        &self,
+        expected: &BTreeSet<String>,
+        timeout: Duration,
+    ) -> BTreeSet<String> {
+        let quick = quick_client();
+        let mut seen = BTreeSet::new();
+        wait_until(
+            timeout,
+            &format!("every one of {expected:?} to answer through nginx"),
+            || {
+                if let Ok(response) = quick.get(self.url("/api/health")).send()
+                    && let Some(worker) = response.headers().get("x-worker")
+                {
+                    seen.insert(worker.to_str().unwrap_or("?").to_string());
+                }
+                expected.iter().all(|name| seen.contains(name))
+            },
+        );
+        seen
+    }
+}
+
+/// Names of the API workers in a `status` table (rows starting `api-`).
+pub fn api_names_in_status(table: &str) -> HashSet<String> {
+    table
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with("api-"))
+        .map(str::to_string)
+        .collect()
 }

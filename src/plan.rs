@@ -1,6 +1,6 @@
 //! The plan: which children the stack has, their names, roles and ports,
-//! derived from the flags in one place and shared by the supervisor and
-//! `gallery-supervisor nginx-config`.
+//! and the CORS origins, derived from the flags in one place and shared by
+//! the supervisor and the nginx config (`gallery-supervisor nginx-config`).
 
 use std::net::IpAddr;
 
@@ -33,6 +33,13 @@ pub struct Plan {
     pub static_port: u16,
     /// Port of worker k at index k - 1 (0 = any free port, chosen at bind).
     pub api_ports: Vec<u16>,
+    /// Origins allowed to call the API from a browser (empty: any).
+    pub cors_origins: Vec<String>,
+}
+
+/// The name of API worker `k` (1-based).
+pub fn api_name(k: usize) -> String {
+    format!("api-{k}")
 }
 
 impl Plan {
@@ -55,6 +62,7 @@ impl Plan {
             front_port: args.port,
             static_port: args.static_port,
             api_ports,
+            cors_origins: args.cors_origin.clone(),
         })
     }
 
@@ -80,7 +88,7 @@ impl Plan {
                 .iter()
                 .enumerate()
                 .map(|(i, &port)| ChildSpec {
-                    name: format!("api-{}", i + 1),
+                    name: api_name(i + 1),
                     role: Role::Api,
                     port,
                 }),
