@@ -304,6 +304,8 @@ enum Operation {
         pending: VecDeque<String>,
         step: Option<Step>,
         done: Vec<String>,
+        /// Reload nginx even when its config is unchanged (`restart nginx`).
+        force_nginx: bool,
     },
     ScaleUp {
         reply: Option<ReplyTo>,
@@ -346,6 +348,8 @@ pub struct Core {
     binds: BTreeMap<u64, BindPurpose>,
     next_id: u64,
     written: Option<StackState>,
+    /// The API ports of the config nginx last took (`None`: unknown).
+    nginx_upstream: Option<Vec<u16>>,
 }
 
 /// Where a process sits in its slot.
@@ -368,6 +372,7 @@ impl Core {
             binds: BTreeMap::new(),
             next_id: 0,
             written: None,
+            nginx_upstream: None,
         }
     }
 
@@ -567,9 +572,11 @@ impl Core {
 
     fn apply_nginx(&mut self, reload: bool, out: &mut Vec<Action>) -> u64 {
         let token = self.next_id();
+        let ports = self.upstream_ports();
+        self.nginx_upstream = Some(ports.clone());
         out.push(Action::ApplyNginx {
             token,
-            api_ports: self.upstream_ports(),
+            api_ports: ports,
             reload_pid: if reload { self.nginx_pid() } else { None },
         });
         token
@@ -588,6 +595,10 @@ impl Core {
         slot.restart_timer = None;
         slot.failed = false;
         slot.tracker.forgive();
+        if slot.binding {
+            // Its socket is on its way; the process starts when it comes.
+            return None;
+        }
         if !slot.needs_bind() {
             Some(self.spawn(index, false, now, out))
         } else {
@@ -787,6 +798,13 @@ impl Core {
         let who = Self::describe(slot, &gone);
         let name = slot.spec.name.clone();
 
+        if place == Place::Serving
+            && (self.slots[index].removing || matches!(self.mode, Mode::Stopping { .. }))
+        {
+            // Going away anyway: a replacement that was starting stands in.
+            let slot = &mut self.slots[index];
+            slot.serving = slot.incoming.take();
+        }
         if let Mode::Stopping { .. } = self.mode {
             out.push(Action::Log(format!("{who} stopped: {status}")));
             if place == Place::Serving {
@@ -1106,6 +1124,9 @@ impl Core {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        if result.is_err() {
+            self.nginx_upstream = None;
+        }
         if self.mode
             == (Mode::Starting {
                 nginx_token: Some(token),
@@ -1184,7 +1205,12 @@ impl Core {
                 Err(error) => {
                     for name in names.clone() {
                         if let Some(index) = self.slot_index(&name) {
+                            // Kept after all; one that exited meanwhile starts again.
                             self.slots[index].removing = false;
+                            if self.slots[index].serving.is_none() {
+                                self.slots[index].restarts += 1;
+                                self.start_afresh(index, now, out);
+                            }
                         }
                     }
                     self.fail_operation(format!("nginx refused the new upstream: {error}"), out);
@@ -1260,6 +1286,7 @@ impl Core {
                         pending,
                         step: None,
                         done: Vec::new(),
+                        force_nginx: false,
                     });
                 }
                 Command::Restart(name) => {
@@ -1283,6 +1310,7 @@ impl Core {
                         pending: [name].into(),
                         step: None,
                         done: Vec::new(),
+                        force_nginx: true,
                     });
                 }
                 Command::AddWorker if current >= 64 => {
@@ -1366,9 +1394,16 @@ impl Core {
     /// Moves a rollout on to its next slot when its step is done.
     fn advance_rollout(&mut self, now: Instant, out: &mut Vec<Action>) {
         loop {
-            let Some(Operation::Rollout { pending, step, .. }) = &mut self.operation else {
+            let Some(Operation::Rollout {
+                pending,
+                step,
+                force_nginx,
+                ..
+            }) = &mut self.operation
+            else {
                 return;
             };
+            let force_nginx = *force_nginx;
             if step.is_some() {
                 return;
             }
@@ -1399,7 +1434,21 @@ impl Core {
             if self.slots[index].removing {
                 continue;
             }
-            let next = if self.slots[index].spec.role == Role::Nginx && self.nginx_pid().is_some() {
+            let is_nginx = self.slots[index].spec.role == Role::Nginx;
+            if is_nginx
+                && self.nginx_pid().is_some()
+                && !force_nginx
+                && self.nginx_upstream.as_ref() == Some(&self.upstream_ports())
+            {
+                // Reloading nginx closes its idle client keepalive
+                // connections, and a client that sends on one at that moment
+                // gets a reset; with the same config it would gain nothing.
+                out.push(Action::Log(
+                    "nginx: its config is unchanged: left running as it is".into(),
+                ));
+                continue;
+            }
+            let next = if is_nginx && self.nginx_pid().is_some() {
                 Step::Nginx {
                     token: self.apply_nginx(true, out),
                 }
@@ -1486,8 +1535,17 @@ impl Core {
             _ => {}
         }
         self.advance_rollout(now, out);
+        if let Mode::Starting { nginx_token } = self.mode {
+            self.advance_start(nginx_token, out);
+        }
+        self.advance_stop(out);
+        self.start_next(now, out);
+    }
+
+    /// Moves a stop on: the servers once nginx is gone, the exit once
+    /// everything is.
+    fn advance_stop(&mut self, out: &mut Vec<Action>) {
         match self.mode.clone() {
-            Mode::Starting { nginx_token } => self.advance_start(nginx_token, out),
             Mode::Stopping {
                 servers_signalled,
                 forced,
@@ -1521,7 +1579,6 @@ impl Core {
             }
             _ => {}
         }
-        self.start_next(now, out);
     }
 
     fn advance_start(&mut self, nginx_token: Option<u64>, out: &mut Vec<Action>) {
