@@ -1545,39 +1545,38 @@ impl Core {
     /// Moves a stop on: the servers once nginx is gone, the exit once
     /// everything is.
     fn advance_stop(&mut self, out: &mut Vec<Action>) {
-        match self.mode.clone() {
-            Mode::Stopping {
-                servers_signalled,
+        let Mode::Stopping {
+            servers_signalled,
+            forced,
+            result,
+            notify,
+        } = self.mode.clone()
+        else {
+            return;
+        };
+        let nginx_running = self
+            .nginx_index()
+            .is_some_and(|i| self.slots[i].procs().next().is_some());
+        if !servers_signalled && !nginx_running {
+            self.mode = Mode::Stopping {
+                servers_signalled: true,
                 forced,
-                result,
-                notify,
-            } => {
-                let nginx_running = self
-                    .nginx_index()
-                    .is_some_and(|i| self.slots[i].procs().next().is_some());
-                if !servers_signalled && !nginx_running {
-                    self.mode = Mode::Stopping {
-                        servers_signalled: true,
-                        forced,
-                        result: result.clone(),
-                        notify: notify.clone(),
-                    };
-                    for index in 0..self.slots.len() {
-                        let procs: Vec<Proc> = self.slots[index].procs().cloned().collect();
-                        for p in procs {
-                            self.terminate(index, &p, out);
-                        }
-                    }
-                }
-                if self.slots.iter().all(|s| s.procs().next().is_none()) {
-                    self.mode = Mode::Done;
-                    if result.is_ok() {
-                        out.push(Action::Log("stopped".into()));
-                    }
-                    out.push(Action::Exit { result, notify });
+                result: result.clone(),
+                notify: notify.clone(),
+            };
+            for index in 0..self.slots.len() {
+                let procs: Vec<Proc> = self.slots[index].procs().cloned().collect();
+                for p in procs {
+                    self.terminate(index, &p, out);
                 }
             }
-            _ => {}
+        }
+        if self.slots.iter().all(|s| s.procs().next().is_none()) {
+            self.mode = Mode::Done;
+            if result.is_ok() {
+                out.push(Action::Log("stopped".into()));
+            }
+            out.push(Action::Exit { result, notify });
         }
     }
 

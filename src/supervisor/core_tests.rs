@@ -941,9 +941,9 @@ fn random_step(sim: &mut Sim, kind: u8, param: u16) {
             sim.send(Event::HealthOk { proc });
         }
         6 | 7 => sim.advance(Duration::from_millis(u64::from(param) * 4)),
-        8 if !sim.binds.is_empty() => sim.answer_bind(param % 4 != 0),
+        8 if !sim.binds.is_empty() => sim.answer_bind(!param.is_multiple_of(4)),
         9 if !sim.nginx.is_empty() => {
-            let result = if param % 5 == 0 {
+            let result = if param.is_multiple_of(5) {
                 Err("refused".into())
             } else {
                 Ok(())
@@ -967,8 +967,8 @@ fn random_step(sim: &mut Sim, kind: u8, param: u16) {
             };
             sim.control(u64::from(param), command);
         }
-        11 => sim.spawn_fails = param % 7 == 0,
-        12 if param % 50 == 0 => {
+        11 => sim.spawn_fails = param.is_multiple_of(7),
+        12 if param.is_multiple_of(50) => {
             sim.send(Event::StopSignal("SIGTERM".into()));
         }
         _ => {}
