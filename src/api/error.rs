@@ -35,7 +35,7 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("the database cannot be reached")]
     DatabaseUnavailable,
-    #[error("internal error")]
+    #[error("internal error: {0}")]
     Internal(String),
 }
 
@@ -99,4 +99,16 @@ pub(crate) fn json_body(value: &serde_json::Value) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_keeps_its_cause_for_the_log_but_not_for_the_client() {
+        let error = ApiError::Internal("handler panicked".into());
+        assert_eq!(error.to_string(), "internal error: handler panicked");
+        assert_eq!(error.public_message(), "internal server error");
+    }
 }
