@@ -70,7 +70,19 @@ pub async fn shutdown_signal() {
     tracing::info!("{name} received: finishing in-flight requests");
 }
 
+/// How long a connection may take to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves `app` on `listener` on a fresh runtime until a stop signal.
+///
+/// The accept loop is our own rather than `axum::serve`: at a graceful stop
+/// axum's connections, still detecting HTTP/1 or HTTP/2, drop a connection
+/// that was accepted but whose request was not read yet, which resets a
+/// request the client already sent (a POST cannot be retried). Here every
+/// connection is HTTP/1: at the stop an idle keep-alive connection is
+/// closed, and one whose first request is on its way is answered first.
+/// Connections not yet accepted stay queued on the socket for whichever
+/// process accepts next (the supervisor's next generation).
 pub fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,20 +91,155 @@ pub fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> anyhow
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!("{name} listening on http://{}", listener.local_addr()?);
-        // Without TCP_NODELAY a response written in two parts (headers, then
-        // a file body) waits ~40 ms for the client's delayed ACK (Nagle).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::warn!("cannot set TCP_NODELAY: {error}");
-            }
-        });
         let app = app.layer(axum::middleware::from_fn(answer_probe));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => {
+                    let tcp = match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(error) => {
+                            // Out of file descriptors, say: back off a moment.
+                            tracing::warn!("cannot accept a connection: {error}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Without TCP_NODELAY a response written in two parts
+                    // (headers, then a file body) waits ~40 ms for the
+                    // client's delayed ACK (Nagle).
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::warn!("cannot set TCP_NODELAY: {error}");
+                    }
+                    connections.spawn(serve_connection(tcp, app.clone(), stopping.clone()));
+                }
+            }
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        while connections.join_next().await.is_some() {}
         tracing::info!("{name} stopped");
         Ok(())
     })
+}
+
+/// How long, at a stop, a connection that has sent nothing yet is given to
+/// send its request (nginx writes it right after connecting).
+const FIRST_BYTES_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Serves one HTTP/1 connection until it closes, or until `stopping`
+/// turns true and the request in progress (if any) is answered.
+///
+/// hyper's graceful shutdown closes a connection from which it has read
+/// nothing yet, even when the request is already waiting in the socket: a
+/// POST just accepted would be lost. So a connection that has delivered no
+/// byte yet gets [`FIRST_BYTES_WINDOW`] to do so before the shutdown.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let first_bytes = std::sync::Arc::new(tokio::sync::Notify::new());
+    let io = FirstBytes {
+        inner: tcp,
+        seen: false,
+        notify: first_bytes.clone(),
+    };
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let arrived = first_bytes.notified();
+    tokio::pin!(arrived);
+    let mut has_sent = false;
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = arrived.as_mut() => has_sent = true,
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+    if !*stopping.borrow() {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+    }
+    if !has_sent {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = arrived => {}
+            () = tokio::time::sleep(FIRST_BYTES_WINDOW) => {}
+        }
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+/// A connection that says when its first bytes arrive.
+struct FirstBytes {
+    inner: tokio::net::TcpStream,
+    seen: bool,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl tokio::io::AsyncRead for FirstBytes {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.seen && buf.filled().len() > before {
+            self.seen = true;
+            // Stored if nobody waits yet: `notified()` then completes at once.
+            self.notify.notify_one();
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstBytes {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Sets up logging to stderr; `RUST_LOG` overrides the default `info`.

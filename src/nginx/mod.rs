@@ -34,15 +34,13 @@ pub fn render(plan: &Plan) -> String {
 }
 
 /// The config the supervisor runs: the access log goes to the supervisor
-/// as datagrams on `socket` (nginx's syslog output), never through a pipe.
-/// nginx opens `/dev/stdout` as a file of its own, in blocking mode, so
-/// with a pipe there every nginx worker would stall whenever the supervisor
-/// could not drain it; a datagram that finds the queue full is dropped.
-pub fn render_supervised(plan: &Plan, socket: &Path) -> String {
-    let target = format!(
-        "syslog:server=unix:{},nohostname,tag=nginx",
-        socket.display()
-    );
+/// as UDP datagrams to `collector` on loopback (nginx's syslog output),
+/// never through a pipe. nginx opens `/dev/stdout` as a file of its own, in
+/// blocking mode, so with a pipe there every nginx worker would stall
+/// whenever the supervisor could not drain it; a datagram that finds the
+/// queue full is dropped instead.
+pub fn render_supervised(plan: &Plan, collector: std::net::SocketAddr) -> String {
+    let target = format!("syslog:server={collector},nohostname,tag=nginx");
     render_with_access_log(plan, &target)
 }
 
@@ -364,18 +362,11 @@ mod tests {
     }
 
     #[test]
-    fn under_the_supervisor_the_access_log_goes_to_its_socket() {
-        let text = render_supervised(&plan(), Path::new("/run/g/access.sock"));
-        assert!(text.contains(
-            "access_log syslog:server=unix:/run/g/access.sock,nohostname,tag=nginx gallery;"
-        ));
-        assert_eq!(
-            text.replace(
-                "syslog:server=unix:/run/g/access.sock,nohostname,tag=nginx",
-                "/dev/stdout"
-            ),
-            render(&plan())
-        );
+    fn under_the_supervisor_the_access_log_goes_to_its_collector() {
+        let text = render_supervised(&plan(), "127.0.0.1:5140".parse().unwrap());
+        let target = "syslog:server=127.0.0.1:5140,nohostname,tag=nginx";
+        assert!(text.contains(&format!("access_log {target} gallery;")));
+        assert_eq!(text.replace(target, "/dev/stdout"), render(&plan()));
     }
 
     #[test]

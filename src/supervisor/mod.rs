@@ -181,6 +181,7 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
         grace: args.grace_period,
         plan,
         sockets,
+        access_log: stack::collect_access_log()?,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -106,6 +106,8 @@ pub(super) struct Executor {
     pub grace: Duration,
     /// Every server's socket, by child name.
     pub sockets: HashMap<String, TcpListener>,
+    /// Where nginx sends its access log (see [`collect_access_log`]).
+    pub access_log: SocketAddr,
 }
 
 struct Running {
@@ -138,7 +140,6 @@ impl Executor {
             });
         }
         listen_for_signals(&inbox)?;
-        tokio::spawn(forward_access_log(bind_access_log(&run_dir)?));
         let (jobs, job_queue) = std::sync::mpsc::channel();
         let state_dir = run_dir.clone();
         let writer = std::thread::Builder::new()
@@ -324,8 +325,7 @@ impl Executor {
                     api_ports,
                     ..self.plan.clone()
                 };
-                let access_socket = self.launcher.run_dir.join(ACCESS_LOG_SOCKET);
-                let config = crate::nginx::render_supervised(&plan, &access_socket);
+                let config = crate::nginx::render_supervised(&plan, self.access_log);
                 let (nginx, run_dir) = (self.launcher.nginx.clone(), self.launcher.run_dir.clone());
                 let inbox = running.inbox.clone();
                 let patience = self.grace + Duration::from_secs(5);
@@ -381,7 +381,6 @@ impl Executor {
                 let run_dir = &self.launcher.run_dir;
                 state::remove(run_dir);
                 let _ = std::fs::remove_file(control::path(run_dir));
-                let _ = std::fs::remove_file(run_dir.join(ACCESS_LOG_SOCKET));
                 self.sockets.clear();
                 for to in notify {
                     if let Some(respond) = running.replies.remove(&to) {
@@ -401,27 +400,23 @@ impl Executor {
     }
 }
 
-/// The datagram socket nginx sends its access log to, in the run directory.
-const ACCESS_LOG_SOCKET: &str = "access.sock";
-
-fn bind_access_log(run_dir: &std::path::Path) -> anyhow::Result<tokio::net::UnixDatagram> {
+/// Receives nginx's access log (syslog datagrams on a loopback UDP port) on
+/// a thread of its own, so it is drained whatever the event loop is doing,
+/// and prints each line under `nginx`, as if read from its stdout.
+pub(super) fn collect_access_log() -> anyhow::Result<SocketAddr> {
     use anyhow::Context;
-    use std::os::unix::fs::PermissionsExt;
-    let path = run_dir.join(ACCESS_LOG_SOCKET);
-    let _ = std::fs::remove_file(&path);
-    let socket = tokio::net::UnixDatagram::bind(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    // nginx's workers may run as another user: they only need to send.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622))?;
-    Ok(socket)
-}
-
-/// Prints nginx's access log lines under `nginx`, as if read from its stdout.
-async fn forward_access_log(socket: tokio::net::UnixDatagram) {
-    let mut buffer = vec![0; 64 * 1024];
-    while let Ok(length) = socket.recv(&mut buffer).await {
-        output::line("nginx", &syslog_message(&buffer[..length]));
-    }
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .context("cannot open a UDP port for nginx's access log")?;
+    let address = socket.local_addr()?;
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || {
+            let mut buffer = vec![0; 64 * 1024];
+            while let Ok(length) = socket.recv(&mut buffer) {
+                output::line("nginx", &syslog_message(&buffer[..length]));
+            }
+        })?;
+    Ok(address)
 }
 
 /// The message of a syslog datagram (`<190>Dec  2 05:52:55 nginx: TEXT`).
