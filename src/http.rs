@@ -70,8 +70,47 @@ pub async fn shutdown_signal() {
     tracing::info!("{name} received: finishing in-flight requests");
 }
 
-/// How long a connection may take to send a request's headers.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a connection may take to send a request's headers, and how
+/// long an idle keep-alive connection is kept (SPEC §13).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request may take from its headers to its response, body
+/// included: a client that drips its body is answered 408 after this.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Connections one server process holds at most; more are closed at once
+/// (nginx then tries another worker). Also bounded by the open-file limit.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// Answers 408 (JSON) when a request is not done within [`REQUEST_TIMEOUT`].
+pub async fn bound_request_time(request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            [
+                (axum::http::header::CONTENT_TYPE, "application/json"),
+                (axum::http::header::CONNECTION, "close"),
+            ],
+            "{\"error\":\"the request took too long to arrive\"}\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit, so the
+/// connection cap, not the default of 1,024 descriptors, is what binds;
+/// returns the limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
 
 /// Serves `app` on `listener` on a fresh runtime until a stop signal.
 ///
@@ -91,7 +130,13 @@ pub fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> anyhow
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!("{name} listening on http://{}", listener.local_addr()?);
-        let app = app.layer(axum::middleware::from_fn(answer_probe));
+        let app = app
+            .layer(axum::middleware::from_fn(bound_request_time))
+            .layer(axum::middleware::from_fn(answer_probe));
+        // Leave room for the database, log and probe descriptors.
+        let cap = MAX_CONNECTIONS.min(raise_open_file_limit().saturating_sub(64) as usize);
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(cap.max(1)));
+        let mut refusing = false;
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let mut connections = tokio::task::JoinSet::new();
         let shutdown = shutdown_signal();
@@ -110,13 +155,27 @@ pub fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> anyhow
                             continue;
                         }
                     };
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        // Full: close it now rather than let it wait unseen.
+                        if !refusing {
+                            tracing::warn!("{cap} connections open: closing new ones until some end");
+                            refusing = true;
+                        }
+                        drop(tcp);
+                        continue;
+                    };
+                    refusing = false;
                     // Without TCP_NODELAY a response written in two parts
                     // (headers, then a file body) waits ~40 ms for the
                     // client's delayed ACK (Nagle).
                     if let Err(error) = tcp.set_nodelay(true) {
                         tracing::warn!("cannot set TCP_NODELAY: {error}");
                     }
-                    connections.spawn(serve_connection(tcp, app.clone(), stopping.clone()));
+                    let connection = serve_connection(tcp, app.clone(), stopping.clone());
+                    connections.spawn(async move {
+                        connection.await;
+                        drop(permit);
+                    });
                 }
             }
         }

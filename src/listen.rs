@@ -26,15 +26,27 @@ pub enum ListenError {
     Inherited(io::Error),
 }
 
-/// Binds `ip:port` (port 0 picks a free one).
+/// Binds `ip:port` (port 0 picks a free one) with a long accept queue
+/// (`SOMAXCONN`, capped by the kernel's `net.core.somaxconn`): with the
+/// default of 128, a burst of connections faster than the server accepts
+/// has its SYNs dropped and waits a second for the retransmission.
 pub fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, ListenError> {
-    TcpListener::bind(SocketAddr::new(ip, port)).map_err(|source| {
+    let listener = TcpListener::bind(SocketAddr::new(ip, port)).map_err(|source| {
         if source.kind() == io::ErrorKind::AddrInUse {
             ListenError::InUse { ip, port }
         } else {
             ListenError::Bind { ip, port, source }
         }
-    })
+    })?;
+    // Listening again on a listening socket only changes its backlog.
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN).map_err(|errno| {
+        ListenError::Bind {
+            ip,
+            port,
+            source: errno.into(),
+        }
+    })?;
+    Ok(listener)
 }
 
 /// The inherited socket if `LISTEN_FDS` hands us one, else a fresh bind.

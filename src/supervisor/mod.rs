@@ -93,6 +93,27 @@ fn server_program(flag: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
+/// Takes group and world write permission off the run directory and what
+/// it holds (left by an earlier run under a laxer umask, say).
+fn restrict_writes(run_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut paths = vec![run_dir.to_path_buf(), run_dir.join("tmp")];
+    for entry in std::fs::read_dir(run_dir)?.chain(std::fs::read_dir(run_dir.join("tmp"))?) {
+        paths.push(entry?.path());
+    }
+    for path in paths {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = metadata.permissions().mode();
+        if !metadata.file_type().is_symlink() && mode & 0o022 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & !0o022))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(if path.is_absolute() {
         path.to_path_buf()
@@ -114,9 +135,15 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
     let api_program = server_program(&args.api_server, "api-server")?;
     let static_program = server_program(&args.static_server, "static-server")?;
 
+    // Nothing the supervisor or its children create is group- or
+    // world-writable, whatever the umask it was started with.
+    use nix::sys::stat::{Mode, umask};
+    let inherited = umask(Mode::empty());
+    umask(inherited | Mode::S_IWGRP | Mode::S_IWOTH);
     std::fs::create_dir_all(args.run_dir.join("tmp"))
         .with_context(|| format!("cannot create run directory {}", args.run_dir.display()))?;
     let run_dir = args.run_dir.canonicalize()?;
+    restrict_writes(&run_dir)?;
     let _lock = lock::acquire(&run_dir)?;
 
     let database = crate::store::parse_database_location(&args.database)?;

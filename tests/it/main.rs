@@ -4,6 +4,7 @@ mod api;
 mod browser;
 mod concurrency;
 mod foreman;
+mod hardening;
 mod operations;
 mod startup;
 mod static_files;

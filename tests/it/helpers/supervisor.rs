@@ -51,7 +51,14 @@ impl Supervisor {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Supervisor {
-        let mut proc = Proc::spawn("supervisor", Self::command(dir.path(), extra));
+        let command = Self::command(dir.path(), extra);
+        Self::start_command(dir, command)
+    }
+
+    /// Starts the stack from `command` (e.g. a shell wrapping
+    /// [`Supervisor::command`]) and waits for "gallery is up".
+    pub fn start_command(dir: tempfile::TempDir, command: Command) -> Supervisor {
+        let mut proc = Proc::spawn("supervisor", command);
         let output = proc.output.clone();
         let front_port = wait_for(Duration::from_secs(30), "the stack to come up", || {
             if let Some(status) = proc.child.try_wait().unwrap() {
