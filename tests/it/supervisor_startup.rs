@@ -120,7 +120,7 @@ fn nginx_config_prints_the_config_for_the_given_flags() {
         .unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.contains("listen 127.0.0.1:9000;"));
+    assert!(text.contains("listen 127.0.0.1:9000 backlog=4096;"));
     assert!(text.contains("server 127.0.0.1:9100 ") && text.contains("server 127.0.0.1:9101 "));
     assert!(!text.contains(":9102"));
 }
