@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::helpers::load::{Load, Mix, assert_stored_once};
+use crate::helpers::load::{Load, Mix, Retry, assert_stored_once};
 use crate::helpers::supervisor::{
     Supervisor, api_names_in_status, quick_client, read_state, run_control,
 };
@@ -305,7 +305,10 @@ fn scale_3_to_6_to_2_under_mixed_load() {
     let _heavy = heavy();
     let started = Instant::now();
     let stack = Supervisor::start(&[]);
-    let load = Load::start(&stack, CONNECTIONS, Mix::Mixed);
+    // Scaling reloads nginx, whose old workers close their idle client
+    // keep-alive connections; the clients retry such a reset once, as
+    // browsers do (POSTs with their Idempotency-Key).
+    let load = Load::start_retrying(&stack, CONNECTIONS, Mix::Mixed, Retry::OnceAfterReset);
     let_load_run(&load, 200);
     // Every port an API worker ever had, by name.
     let mut ports: BTreeMap<String, u16> = stack

@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 use super::client;
 use super::supervisor::Supervisor;
 
+/// How a connection treats a transport error (a reset or a connection closed
+/// under a request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Counts it as a failure.
+    Never,
+    /// Sends the request once more, as browsers do for an idempotent request
+    /// on a reused connection that the server closed (RFC 9110 §9.2.2). POSTs
+    /// carry an `Idempotency-Key` (their title), so their retry is safe too.
+    /// Only for what nginx itself does to idle client connections when it
+    /// reloads its config.
+    OnceAfterReset,
+}
+
 /// What the connections send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mix {
@@ -44,6 +58,7 @@ struct Tally {
     max_get_latency: Duration,
     max_post_latency: Duration,
     acknowledged: Vec<String>,
+    retried: usize,
 }
 
 /// Everything the load saw once stopped.
@@ -59,6 +74,8 @@ pub struct LoadReport {
     pub max_post_latency: Duration,
     /// Titles of the POSTs answered 200.
     pub acknowledged: Vec<String>,
+    /// Requests sent a second time after a transport error ([`Retry`]).
+    pub retried: usize,
 }
 
 impl LoadReport {
@@ -78,7 +95,7 @@ impl LoadReport {
     pub fn summary(&self) -> String {
         format!(
             "{} requests ({} GETs, {} POSTs, {} acknowledged) on {} connections in {:.1?} \
-             ({:.0}/s); failed: {} GETs, {} POSTs; max latency GET {:.0?}, POST {:.0?}",
+             ({:.0}/s); failed: {} GETs, {} POSTs; retried after a reset: {}; max latency GET {:.0?}, POST {:.0?}",
             self.requests(),
             self.gets,
             self.posts,
@@ -88,6 +105,7 @@ impl LoadReport {
             self.requests() as f64 / self.elapsed.as_secs_f64().max(0.001),
             self.get_failures.len(),
             self.post_failures.len(),
+            self.retried,
             self.max_get_latency,
             self.max_post_latency,
         )
@@ -156,6 +174,15 @@ impl Load {
 
     /// Starts `connections` connections against `url` (GET and POST target).
     pub fn start_at(url: String, connections: usize, mix: Mix) -> Load {
+        Self::start_with(url, connections, mix, Retry::Never)
+    }
+
+    /// Like [`Load::start`], retrying as `retry` says.
+    pub fn start_retrying(stack: &Supervisor, connections: usize, mix: Mix, retry: Retry) -> Load {
+        Self::start_with(stack.url("/api/images.json"), connections, mix, retry)
+    }
+
+    fn start_with(url: String, connections: usize, mix: Mix, retry: Retry) -> Load {
         let load_id = LOADS.fetch_add(1, Ordering::SeqCst);
         let stop = Arc::new(AtomicBool::new(false));
         let gets = Arc::new(AtomicUsize::new(0));
@@ -177,12 +204,23 @@ impl Load {
                             let body = serde_json::json!({
                                 "title": title, "alt_text": "", "url": "/p",
                             });
-                            client.post(&url).body(body.to_string())
+                            let post = client.post(&url).body(body.to_string());
+                            match retry {
+                                Retry::OnceAfterReset => post.header("idempotency-key", &title),
+                                Retry::Never => post,
+                            }
                         } else {
                             client.get(&url)
                         };
+                        let again = request.try_clone();
                         let sent = Instant::now();
-                        let outcome = send(request);
+                        let mut outcome = send(request);
+                        if let (Err(_), Retry::OnceAfterReset, Some(again)) =
+                            (&outcome, retry, again)
+                        {
+                            tally.retried += 1;
+                            outcome = send(again);
+                        }
                         let latency = sent.elapsed();
                         let failed = |status, content_type, detail| Failure {
                             at: sent.duration_since(started),
@@ -246,6 +284,7 @@ impl Load {
             max_get_latency: Duration::ZERO,
             max_post_latency: Duration::ZERO,
             acknowledged: Vec::new(),
+            retried: 0,
         };
         for thread in self.threads.drain(..) {
             let tally = thread.join().expect("a load thread panicked");
@@ -254,6 +293,7 @@ impl Load {
             report.max_get_latency = report.max_get_latency.max(tally.max_get_latency);
             report.max_post_latency = report.max_post_latency.max(tally.max_post_latency);
             report.acknowledged.extend(tally.acknowledged);
+            report.retried += tally.retried;
         }
         report.elapsed = self.started.elapsed();
         report.gets = self.gets.load(Ordering::SeqCst);
