@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::static_files::Origin;
 use crate::supervisor::policy;
 
 /// One API worker: the JSON image API over a SQLite file.
@@ -79,19 +80,28 @@ pub struct StaticServerArgs {
     /// Directory to serve.
     #[arg(long, default_value = "assets")]
     pub path: PathBuf,
+    /// Origin of an API the page may call besides its own, as in
+    /// `/?api=ORIGIN` (repeatable; e.g. http://127.0.0.1:8081). The page's
+    /// Content-Security-Policy refuses every other origin.
+    #[arg(long = "api-origin", value_name = "ORIGIN")]
+    pub api_origin: Vec<Origin>,
 }
 
 impl StaticServerArgs {
     /// The command line that parses back into these arguments.
     pub fn to_args(&self) -> Vec<OsString> {
-        vec![
+        let mut args: Vec<OsString> = vec![
             "--port".into(),
             self.port.to_string().into(),
             "--bind".into(),
             self.bind.to_string().into(),
             "--path".into(),
             self.path.clone().into(),
-        ]
+        ];
+        for origin in &self.api_origin {
+            args.extend(["--api-origin".into(), origin.to_string().into()]);
+        }
+        args
     }
 }
 
@@ -252,6 +262,10 @@ mod tests {
             port: 0,
             bind: "0.0.0.0".parse().unwrap(),
             path: "/srv/assets".into(),
+            api_origin: vec![
+                "http://127.0.0.1:8081".parse().unwrap(),
+                "https://api.example.com".parse().unwrap(),
+            ],
         };
         let mut argv = vec![OsString::from("static-server")];
         argv.extend(args.to_args());

@@ -73,28 +73,36 @@ pub async fn shutdown_signal() {
 /// How long a connection may take to send a request's headers, and how
 /// long an idle keep-alive connection is kept (SPEC §13).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a request may take from its headers to its response, body
-/// included: a client that drips its body is answered 408 after this.
-pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a request's body may take to arrive, from the end of its
+/// headers: a client that drips its body is answered 408 after this.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Connections one server process holds at most; more are closed at once
 /// (nginx then tries another worker). Also bounded by the open-file limit.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
-/// Answers 408 (JSON) when a request is not done within [`REQUEST_TIMEOUT`].
-pub async fn bound_request_time(request: Request, next: Next) -> Response {
-    use axum::response::IntoResponse;
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => (
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            [
-                (axum::http::header::CONTENT_TYPE, "application/json"),
-                (axum::http::header::CONNECTION, "close"),
-            ],
-            "{\"error\":\"the request took too long to arrive\"}\n",
-        )
-            .into_response(),
+/// Gives every request body a deadline of [`BODY_READ_TIMEOUT`]; reading
+/// it past that fails with a timeout ([`is_body_timeout`]). Only the body is
+/// bounded: a handler that takes long to answer is not cut off.
+pub async fn bound_body_time(request: Request, next: Next) -> Response {
+    let request = request.map(|body| {
+        axum::body::Body::new(tower_http::timeout::DeadlineBody::new(
+            BODY_READ_TIMEOUT,
+            body,
+        ))
+    });
+    next.run(request).await
+}
+
+/// Whether reading a body failed because of [`bound_body_time`]'s deadline.
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
     }
+    false
 }
 
 /// Raises this process's open-file limit to its hard limit, so the
@@ -131,7 +139,7 @@ pub fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> anyhow
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!("{name} listening on http://{}", listener.local_addr()?);
         let app = app
-            .layer(axum::middleware::from_fn(bound_request_time))
+            .layer(axum::middleware::from_fn(bound_body_time))
             .layer(axum::middleware::from_fn(answer_probe));
         // Leave room for the database, log and probe descriptors.
         let cap = MAX_CONNECTIONS.min(raise_open_file_limit().saturating_sub(64) as usize);

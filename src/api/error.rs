@@ -21,10 +21,16 @@ pub enum ApiError {
     BadJson,
     #[error("could not read the request body")]
     UnreadableBody,
+    #[error("the request body took too long to arrive")]
+    SlowBody,
     #[error("{0}")]
     Invalid(#[from] ValidationError),
     #[error("{0}")]
     BadQuery(String),
+    #[error("{0}")]
+    BadHeader(String),
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
     #[error("request body is larger than {} KiB", crate::api::MAX_BODY_BYTES / 1024)]
     TooLarge,
     #[error("not found")]
@@ -45,8 +51,11 @@ impl ApiError {
             ApiError::BadJson
             | ApiError::UnreadableBody
             | ApiError::Invalid(_)
-            | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            | ApiError::BadQuery(_)
+            | ApiError::BadHeader(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::SlowBody => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,

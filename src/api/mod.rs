@@ -6,9 +6,18 @@
 //! failures are [`ApiError`]s, mapped to responses in `error.rs` only.
 //! Database work runs on the blocking pool so a slow lock never stalls the
 //! async workers.
+//!
+//! SPEC §13's extensions live beside the contract, each in its own module:
+//! the unpaged list is served from a per-worker cache (`list_cache.rs`),
+//! `?limit=N&after=ID` pages are rendered per request (at most
+//! [`MAX_PAGE_LIMIT`] rows, so bounded), `/health` uses its own database
+//! connection so it never queues behind list work, and a POST may carry an
+//! `Idempotency-Key` (`idempotency.rs`) that makes its retries safe.
 
 mod body;
 mod error;
+mod idempotency;
+mod list_cache;
 
 use std::sync::Arc;
 
@@ -22,12 +31,15 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub use body::{AnyJson, Indent, MAX_INDENT};
+pub use body::{AnyJson, Indent, ListQuery, MAX_INDENT, MAX_PAGE_LIMIT};
 pub use error::{ApiError, Result};
+pub use idempotency::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyKey, MAX_KEY_CHARS};
+pub use list_cache::ListCache;
 
 use crate::cli::ApiServerArgs;
-use crate::image::{Image, NewImage};
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::image::NewImage;
+use crate::store::{Keyed, Store, StoreError, StoreOptions};
+use idempotency::MaybeKey;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -40,6 +52,17 @@ pub const WORKER_HEADER: HeaderName = HeaderName::from_static("x-worker");
 pub struct ApiState {
     pub store: Store,
     pub worker: Arc<str>,
+    pub lists: Arc<ListCache>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, worker: &str) -> Self {
+        Self {
+            store,
+            worker: Arc::from(worker),
+            lists: Arc::default(),
+        }
+    }
 }
 
 /// Which origins may call the API from a browser.
@@ -93,8 +116,8 @@ pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE])
-        .expose_headers([WORKER_HEADER])
+        .allow_headers([header::CONTENT_TYPE, IDEMPOTENCY_KEY])
+        .expose_headers([WORKER_HEADER, IDEMPOTENT_REPLAYED])
         .max_age(std::time::Duration::from_secs(600));
     Router::new()
         .route("/images.json", get(list_images).post(create_image))
@@ -126,29 +149,63 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn json_response(indent: Indent, value: &impl serde::Serialize) -> Response {
+    json_bytes(indent.render(value).into())
+}
+
+fn json_bytes(body: bytes::Bytes) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        indent.render(value),
+        body,
     )
         .into_response()
 }
 
-async fn list_images(State(state): State<ApiState>, indent: Indent) -> Result<Response> {
-    let images: Vec<Image> = blocking(move || state.store.list_images()).await?;
-    Ok(json_response(indent, &images))
+async fn list_images(State(state): State<ApiState>, query: ListQuery) -> Result<Response> {
+    let ListQuery { indent, page } = query;
+    let body = match page {
+        None => state.lists.body(&state.store, indent).await?,
+        Some(page) => {
+            let capacity = page.limit as usize * 256;
+            blocking(move || list_cache::render(&state.store, indent, Some(page), capacity))
+                .await?
+                .into()
+        }
+    };
+    Ok(json_bytes(body))
 }
 
 async fn create_image(
     State(state): State<ApiState>,
     indent: Indent,
-    AnyJson(body): AnyJson,
+    MaybeKey(key): MaybeKey,
+    AnyJson(body, raw): AnyJson,
 ) -> Result<Response> {
     let new_image = NewImage::parse(&body)?;
-    let stored = blocking(move || state.store.insert_image(&new_image)).await?;
-    Ok(json_response(indent, &stored))
+    let Some(key) = key else {
+        let stored = blocking(move || state.store.insert_image(&new_image)).await?;
+        return Ok(json_response(indent, &stored));
+    };
+    let now = std::time::SystemTime::now();
+    let keyed = blocking(move || {
+        state
+            .store
+            .insert_image_once(&new_image, key.as_str(), &raw, now)
+    })
+    .await?;
+    match keyed {
+        Keyed::Stored(image) => Ok(json_response(indent, &image)),
+        Keyed::Replayed(image) => {
+            let mut response = json_response(indent, &image);
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Keyed::Conflict => Err(ApiError::IdempotencyKeyReused),
+    }
 }
 
 async fn health(State(state): State<ApiState>) -> Result<Response> {
@@ -176,10 +233,7 @@ pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
     };
     let store = Store::open(&path, &options)?;
     let cors = CorsPolicy::parse(&args.cors_origin)?;
-    let state = ApiState {
-        store,
-        worker: Arc::from(args.name.as_str()),
-    };
+    let state = ApiState::new(store, &args.name);
     crate::http::serve(listener, router(state, cors), &args.name)
 }
 
@@ -196,10 +250,7 @@ mod tests {
     fn app() -> (tempfile::TempDir, Router) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("g.db"), &StoreOptions::default()).unwrap();
-        let state = ApiState {
-            store,
-            worker: Arc::from("api-test"),
-        };
+        let state = ApiState::new(store, "api-test");
         (dir, router(state, CorsPolicy::AnyOrigin))
     }
 
@@ -240,6 +291,91 @@ mod tests {
         .await;
         let list: serde_json::Value = serde_json::from_str(&list).unwrap();
         assert_eq!(list.as_array().unwrap().len(), 4);
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    fn keyed_post(key: &str, body: &'static str) -> Request<Body> {
+        Request::post("/images.json")
+            .header("idempotency-key", key)
+            .body(Body::from(body))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_cached_list_sees_every_write_and_pages_agree_with_it() {
+        let (dir, app) = app();
+        let (_, _, before) = send(app.clone(), get("/images.json")).await;
+        let (_, _, pretty_before) = send(app.clone(), get("/images.json?indent=2")).await;
+        let post = Request::post("/images.json")
+            .body(Body::from(
+                r#"{"title":"Dog","alt_text":"","url":"/d.svg"}"#,
+            ))
+            .unwrap();
+        assert_eq!(send(app.clone(), post).await.0, StatusCode::OK);
+        let (_, _, after) = send(app.clone(), get("/images.json")).await;
+        assert_ne!(after, before);
+        assert!(
+            after.ends_with("{\"id\":4,\"title\":\"Dog\",\"alt_text\":\"\",\"url\":\"/d.svg\"}]\n"),
+            "{after}"
+        );
+        // A write by another connection (another worker) is seen too.
+        let other = rusqlite::Connection::open(dir.path().join("g.db")).unwrap();
+        other
+            .execute("UPDATE images SET title = 'Renamed' WHERE id = 1", [])
+            .unwrap();
+        let (_, _, renamed) = send(app.clone(), get("/images.json")).await;
+        assert!(renamed.contains("Renamed"), "{renamed}");
+        let (_, _, pretty_after) = send(app.clone(), get("/images.json?indent=2")).await;
+        assert!(pretty_after.contains("\"title\": \"Renamed\""));
+        assert_ne!(pretty_after, pretty_before);
+        // Two pages of two are the unpaged list, split.
+        let list: Vec<serde_json::Value> = serde_json::from_str(&renamed).unwrap();
+        let (_, _, one) = send(app.clone(), get("/images.json?limit=2")).await;
+        let (_, _, two) = send(app.clone(), get("/images.json?limit=2&after=2")).await;
+        let one: Vec<serde_json::Value> = serde_json::from_str(&one).unwrap();
+        let two: Vec<serde_json::Value> = serde_json::from_str(&two).unwrap();
+        assert_eq!([one, two].concat(), list);
+    }
+
+    #[tokio::test]
+    async fn a_keyed_post_is_stored_once_replayed_then_refused_with_another_body() {
+        let (_dir, app) = app();
+        let body = r#"{"title":"Dog","alt_text":"","url":"/d.svg"}"#;
+        let (status, headers, first) = send(app.clone(), keyed_post("k", body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!headers.contains_key("idempotent-replayed"));
+        let (status, headers, again) = send(app.clone(), keyed_post("k", body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["idempotent-replayed"], "true");
+        assert_eq!(again, first);
+        let (status, _, _) = send(
+            app.clone(),
+            keyed_post("k", r#"{"title":"Cat","alt_text":"","url":"/d.svg"}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, _, _) = send(app.clone(), keyed_post("", body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (_, _, list) = send(app, get("/images.json")).await;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+        assert_eq!(list.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_413_before_the_body() {
+        let (_dir, app) = app();
+        // The body is short, so only the declared length can refuse it.
+        let request = Request::post("/images.json")
+            .header("content-length", (MAX_BODY_BYTES + 1).to_string())
+            .body(Body::from(
+                r#"{"title":"Dog","alt_text":"","url":"/d.svg"}"#,
+            ))
+            .unwrap();
+        let (status, _, body) = send(app, request).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     }
 
     #[tokio::test]

@@ -15,6 +15,12 @@
 //! (cheap: the containment check has the metadata already), with `304` on a
 //! matching `If-None-Match`. gzip comes from the compression layer when the
 //! client accepts it.
+//!
+//! Browser protections (`Content-Security-Policy` naming the API origins
+//! the page may call, `X-Frame-Options`, `Referrer-Policy`, `nosniff`) go on
+//! every response; `headers.rs` says what they allow and why.
+
+mod headers;
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -29,14 +35,17 @@ use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use headers::Origin;
+
 use crate::cli::StaticServerArgs;
 
 /// The canonical directory being served.
 #[derive(Clone)]
 struct Root(std::sync::Arc<Path>);
 
-/// The static-file service for `root`, which must exist.
-pub fn router(root: &Path) -> anyhow::Result<Router> {
+/// The static-file service for `root`, which must exist, for a page that
+/// may call the API at its own origin and at `api_origins`.
+pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<Router> {
     let canonical = root
         .canonicalize()
         .with_context(|| format!("assets directory {} does not exist", root.display()))?;
@@ -47,7 +56,7 @@ pub fn router(root: &Path) -> anyhow::Result<Router> {
     );
     let not_found = || async { (StatusCode::NOT_FOUND, "404 Not Found\n") };
     let serve_dir = ServeDir::new(&canonical).not_found_service(axum::routing::any(not_found));
-    Ok(Router::new()
+    let mut router = Router::new()
         .fallback_service(serve_dir)
         .layer(middleware::from_fn_with_state(
             Root(canonical.into()),
@@ -56,7 +65,12 @@ pub fn router(root: &Path) -> anyhow::Result<Router> {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache"),
-        ))
+        ));
+    // Outside the containment check, so its 404s and 304s carry them too.
+    for (name, value) in headers::security_headers(api_origins) {
+        router = router.layer(SetResponseHeaderLayer::overriding(name, value));
+    }
+    Ok(router
         .layer(crate::http::nosniff())
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn(crate::http::log_request)))
@@ -140,7 +154,7 @@ async fn contain_and_validate(State(root): State<Root>, request: Request, next: 
 
 /// Serves `--path` until SIGTERM/SIGINT.
 pub fn run(args: StaticServerArgs) -> anyhow::Result<()> {
-    let app = router(&args.path)?;
+    let app = router(&args.path, &args.api_origin)?;
     let listener = crate::listen::listener(args.bind, args.port)?;
     crate::http::serve(listener, app, "static")
 }

@@ -1,27 +1,71 @@
 //! The SQLite file: opening it, its pragmas, its schema and the only SQL.
 //!
-//! Every connection — the one that migrates and every pooled one — gets the
-//! same pragmas (`busy_timeout` first, then WAL and `synchronous=NORMAL`), so
-//! several worker processes can share one file. Migrations are versioned on
-//! `PRAGMA user_version` and run inside `BEGIN IMMEDIATE`, which makes the
-//! first start of many processes on a fresh file create one schema and seed
-//! once. Inserts run in `BEGIN IMMEDIATE` too, so a writer waits for the lock
-//! up front instead of failing on upgrade.
+//! Every connection — the one that migrates, every pooled one and the two
+//! dedicated ones — gets the same pragmas (`busy_timeout` first, then WAL
+//! and `synchronous=NORMAL`), so several worker processes can share one
+//! file. Migrations are versioned on `PRAGMA user_version` and run inside
+//! `BEGIN IMMEDIATE`, which makes the first start of many processes on a
+//! fresh file create one schema and seed once. Inserts run in
+//! `BEGIN IMMEDIATE` too, so a writer waits for the lock up front instead of
+//! failing on upgrade.
+//!
+//! Reads stream: [`Store::for_each_image`] hands rows to a callback one at a
+//! time, so a caller that renders them never holds the table twice (once as
+//! rows, once as text). Two statements bypass the pool on dedicated
+//! connections (see `dedicated.rs`): `/health`'s round trip, so it never
+//! queues behind list requests for a pooled connection, and
+//! [`Store::data_version`], which must be read on the same connection each
+//! time to mean anything.
+//!
+//! Idempotent inserts ([`Store::insert_image_once`]): the key, the exact
+//! request body and the new image's id are written in the image's own
+//! `BEGIN IMMEDIATE` transaction, so no crash can leave an image without its
+//! key or a key without its image, and two requests with one key — from any
+//! process — serialise on the write lock: the second sees the first's row.
+//! The body is kept byte for byte rather than as a digest: the comparison is
+//! exact, needs no hashing dependency, and costs at most 64 KiB per key for
+//! the 24 h window (keys older than that are pruned by every insert, through
+//! an index, so the work is spread over the writes that create it).
 //!
 //! Errors keep their kind ([`StoreError`]) so the API can tell "busy, retry"
 //! from "broken"; their text is for operators and logs, never for clients.
 
+mod dedicated;
 mod location;
 mod schema;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::image::{Image, NewImage};
+pub use dedicated::DataVersion;
+use dedicated::Dedicated;
 pub use location::{LocationError, SUPPORTED_FORMS, parse_database_location};
+
+/// How long an `Idempotency-Key` is remembered (SPEC §13).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A slice of the table: rows with `id > after`, at most `limit`, in id order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after: i64,
+    pub limit: u32,
+}
+
+/// What a POST carrying an `Idempotency-Key` came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keyed {
+    /// First use of the key (or first since it expired): stored now.
+    Stored(Image),
+    /// The key was used with the same body: the image stored then; nothing new.
+    Replayed(Image),
+    /// The key was used with another body: nothing stored.
+    Conflict,
+}
 
 /// How long a statement waits for another process's lock before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,10 +132,13 @@ impl Default for StoreOptions {
     }
 }
 
-/// A pool of configured connections to one SQLite file.
+/// A pool of configured connections to one SQLite file, and the two
+/// dedicated ones.
 #[derive(Clone)]
 pub struct Store {
     pool: r2d2::Pool<SqliteConnectionManager>,
+    health: Arc<Dedicated>,
+    versions: Arc<Dedicated>,
 }
 
 /// Per-connection pragmas. WAL is a property of the file: it is switched on
@@ -155,7 +202,11 @@ impl Store {
             .min_idle(Some(1))
             .connection_timeout(busy_timeout)
             .build_unchecked(manager);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            health: Arc::new(Dedicated::new(path.to_path_buf(), busy_timeout)),
+            versions: Arc::new(Dedicated::new(path.to_path_buf(), busy_timeout)),
+        })
     }
 
     fn connection(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StoreError> {
@@ -164,21 +215,47 @@ impl Store {
 
     /// Every image in insertion order.
     pub fn list_images(&self) -> Result<Vec<Image>, StoreError> {
+        let mut images = Vec::new();
+        self.for_each_image(None, |image| images.push(image.clone()))?;
+        Ok(images)
+    }
+
+    /// Hands each image to `each`, in id order: every one, or one [`Page`].
+    /// All come from one read snapshot.
+    pub fn for_each_image(
+        &self,
+        page: Option<Page>,
+        mut each: impl FnMut(&Image),
+    ) -> Result<(), StoreError> {
         let conn = self.connection()?;
-        let mut statement = conn
-            .prepare_cached("SELECT id, title, alt_text, url FROM images ORDER BY id")
-            .map_err(classify)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(Image {
-                    id: row.get(0)?,
-                    title: row.get(1)?,
-                    alt_text: row.get(2)?,
-                    url: row.get(3)?,
-                })
-            })
-            .map_err(classify)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(classify)
+        let (sql, after, limit) = match page {
+            None => (
+                "SELECT id, title, alt_text, url FROM images ORDER BY id",
+                None,
+                None,
+            ),
+            Some(page) => (
+                "SELECT id, title, alt_text, url FROM images WHERE id > ?1 ORDER BY id LIMIT ?2",
+                Some(page.after),
+                Some(page.limit),
+            ),
+        };
+        let mut statement = conn.prepare_cached(sql).map_err(classify)?;
+        let mut rows = match (after, limit) {
+            (Some(after), Some(limit)) => statement.query((after, limit)),
+            _ => statement.query([]),
+        }
+        .map_err(classify)?;
+        while let Some(row) = rows.next().map_err(classify)? {
+            each(&image_from_row(row).map_err(classify)?);
+        }
+        Ok(())
+    }
+
+    /// The database's change counter; see [`DataVersion`]. Read on a
+    /// dedicated connection, so it is cheap and never waits for the pool.
+    pub fn data_version(&self) -> Result<DataVersion, StoreError> {
+        self.versions.data_version()
     }
 
     /// Stores one image in its own `BEGIN IMMEDIATE` transaction.
@@ -187,35 +264,113 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(classify)?;
-        let id: i64 = tx
-            .prepare_cached(
-                "INSERT INTO images (title, alt_text, url) VALUES (?1, ?2, ?3) RETURNING id",
-            )
-            .and_then(|mut statement| {
-                statement.query_row((image.title(), image.alt_text(), image.url()), |row| {
-                    row.get(0)
-                })
-            })
-            .map_err(classify)?;
+        prune_keys(&tx, SystemTime::now()).map_err(classify)?;
+        let stored = insert(&tx, image).map_err(classify)?;
         tx.commit().map_err(classify)?;
-        Ok(Image {
-            id,
-            title: image.title().to_string(),
-            alt_text: image.alt_text().to_string(),
-            url: image.url().to_string(),
-        })
+        Ok(stored)
     }
 
-    /// A real round trip: reads the schema and the images table.
-    pub fn ping(&self) -> Result<(), StoreError> {
-        let conn = self.connection()?;
-        conn.query_row(
-            "SELECT count(*) FROM (SELECT 1 FROM images LIMIT 1)",
-            [],
-            |_| Ok(()),
-        )
-        .map_err(classify)
+    /// Stores one image unless `key` was used in the last
+    /// [`IDEMPOTENCY_WINDOW`] (as of `now`): then, if `body` is byte for byte
+    /// the body that came with it, answers the image stored then, and
+    /// otherwise [`Keyed::Conflict`]. The image and its key are committed
+    /// together, in one `BEGIN IMMEDIATE` transaction.
+    pub fn insert_image_once(
+        &self,
+        image: &NewImage,
+        key: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Keyed, StoreError> {
+        let mut conn = self.connection()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(classify)?;
+        let keyed = insert_once(&tx, image, key, body, now).map_err(classify)?;
+        tx.commit().map_err(classify)?;
+        Ok(keyed)
     }
+
+    /// A real round trip: reads the schema and the images table, on the
+    /// dedicated health connection.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.health.ping()
+    }
+}
+
+fn image_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Image> {
+    Ok(Image {
+        id: row.get(0)?,
+        title: row.get(1)?,
+        alt_text: row.get(2)?,
+        url: row.get(3)?,
+    })
+}
+
+fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64)
+}
+
+/// Forgets keys whose window has closed by `now`.
+fn prune_keys(tx: &Transaction<'_>, now: SystemTime) -> rusqlite::Result<()> {
+    let oldest_kept = unix_seconds(now) - IDEMPOTENCY_WINDOW.as_secs() as i64;
+    tx.prepare_cached("DELETE FROM idempotency_keys WHERE created_at <= ?1")?
+        .execute([oldest_kept])?;
+    Ok(())
+}
+
+fn insert(tx: &Transaction<'_>, image: &NewImage) -> rusqlite::Result<Image> {
+    let id: i64 = tx
+        .prepare_cached(
+            "INSERT INTO images (title, alt_text, url) VALUES (?1, ?2, ?3) RETURNING id",
+        )?
+        .query_row((image.title(), image.alt_text(), image.url()), |row| {
+            row.get(0)
+        })?;
+    Ok(Image {
+        id,
+        title: image.title().to_string(),
+        alt_text: image.alt_text().to_string(),
+        url: image.url().to_string(),
+    })
+}
+
+fn insert_once(
+    tx: &Transaction<'_>,
+    image: &NewImage,
+    key: &str,
+    body: &[u8],
+    now: SystemTime,
+) -> rusqlite::Result<Keyed> {
+    prune_keys(tx, now)?;
+    let previous: Option<(Vec<u8>, i64)> = tx
+        .prepare_cached("SELECT request_body, image_id FROM idempotency_keys WHERE key = ?1")?
+        .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if let Some((first_body, id)) = previous {
+        if first_body != body {
+            return Ok(Keyed::Conflict);
+        }
+        let first = tx
+            .prepare_cached("SELECT id, title, alt_text, url FROM images WHERE id = ?1")?
+            .query_row([id], image_from_row)
+            .optional()?;
+        if let Some(first) = first {
+            return Ok(Keyed::Replayed(first));
+        }
+        // The image was deleted behind the API's back (by an operator): the
+        // client still wants it stored, so the key starts afresh.
+        tx.prepare_cached("DELETE FROM idempotency_keys WHERE key = ?1")?
+            .execute([key])?;
+    }
+    let stored = insert(tx, image)?;
+    tx.prepare_cached(
+        "INSERT INTO idempotency_keys (key, request_body, image_id, created_at)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute((key, body, stored.id, unix_seconds(now)))?;
+    Ok(Keyed::Stored(stored))
 }
 
 #[cfg(test)]
@@ -253,6 +408,195 @@ mod tests {
         assert_eq!(stored.id, 4);
         assert_eq!(store.list_images().unwrap().last(), Some(&stored));
         store.ping().unwrap();
+    }
+
+    fn new_image(title: &str) -> NewImage {
+        NewImage::parse(&json!({"title": title, "alt_text": "", "url": "/x.svg"})).unwrap()
+    }
+
+    fn ids(store: &Store, page: Option<Page>) -> Vec<i64> {
+        let mut ids = Vec::new();
+        store.for_each_image(page, |i| ids.push(i.id)).unwrap();
+        ids
+    }
+
+    #[test]
+    fn pages_hold_the_rows_after_the_cursor_in_id_order() {
+        let (_dir, store) = open_temp();
+        for n in 0..7 {
+            store.insert_image(&new_image(&format!("n{n}"))).unwrap();
+        }
+        assert_eq!(ids(&store, None), (1..=10).collect::<Vec<_>>());
+        let page = |after, limit| Some(Page { after, limit });
+        assert_eq!(ids(&store, page(0, 4)), [1, 2, 3, 4]);
+        assert_eq!(ids(&store, page(4, 4)), [5, 6, 7, 8]);
+        assert_eq!(ids(&store, page(8, 4)), [9, 10]);
+        assert_eq!(ids(&store, page(10, 4)), Vec::<i64>::new());
+        assert_eq!(ids(&store, page(i64::MAX, 500)), Vec::<i64>::new());
+        assert_eq!(ids(&store, page(3, 1)), [4]);
+    }
+
+    #[test]
+    fn data_version_moves_on_every_commit_and_only_then() {
+        let (_dir, store) = open_temp();
+        let first = store.data_version().unwrap();
+        assert_eq!(store.data_version().unwrap(), first);
+        store.list_images().unwrap();
+        assert_eq!(store.data_version().unwrap(), first, "a read is no change");
+        store.insert_image(&new_image("a")).unwrap();
+        let second = store.data_version().unwrap();
+        assert!(second > first, "{second:?} after {first:?}");
+        let other = rusqlite::Connection::open(_dir.path().join("g.db")).unwrap();
+        other
+            .execute("UPDATE images SET title = 'b' WHERE id = 4", [])
+            .unwrap();
+        assert!(store.data_version().unwrap() > second);
+    }
+
+    #[test]
+    fn an_idempotency_key_stores_once_replays_the_same_body_and_refuses_another() {
+        let (_dir, store) = open_temp();
+        let now = SystemTime::now();
+        let body = br#"{"title": "a"}"#;
+        let Keyed::Stored(first) = store
+            .insert_image_once(&new_image("a"), "k1", body, now)
+            .unwrap()
+        else {
+            panic!("first use stores");
+        };
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(
+            store
+                .insert_image_once(&new_image("a"), "k1", body, later)
+                .unwrap(),
+            Keyed::Replayed(first.clone())
+        );
+        assert_eq!(
+            store
+                .insert_image_once(&new_image("a"), "k1", br#"{"title":"a"}"#, later)
+                .unwrap(),
+            Keyed::Conflict,
+            "bytes, not meaning, are compared"
+        );
+        assert_eq!(store.list_images().unwrap().len(), 4, "one row stored");
+        let Keyed::Stored(other) = store
+            .insert_image_once(&new_image("a"), "k2", body, later)
+            .unwrap()
+        else {
+            panic!("another key stores");
+        };
+        assert_eq!(other.id, first.id + 1);
+    }
+
+    #[test]
+    fn an_idempotency_key_is_forgotten_after_the_window() {
+        let (dir, store) = open_temp();
+        let now = SystemTime::now();
+        store
+            .insert_image_once(&new_image("a"), "k", b"1", now)
+            .unwrap();
+        let just_inside = now + IDEMPOTENCY_WINDOW - Duration::from_secs(1);
+        assert!(matches!(
+            store
+                .insert_image_once(&new_image("a"), "k", b"1", just_inside)
+                .unwrap(),
+            Keyed::Replayed(_)
+        ));
+        let after = now + IDEMPOTENCY_WINDOW;
+        assert!(matches!(
+            store
+                .insert_image_once(&new_image("b"), "k", b"2", after)
+                .unwrap(),
+            Keyed::Stored(_)
+        ));
+        // Pruned by a plain insert once its window closes too.
+        store.insert_image(&new_image("c")).unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("g.db")).unwrap();
+        let keys: i64 = conn
+            .query_row("SELECT count(*) FROM idempotency_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(keys, 1, "the expired row was replaced, the new one kept");
+        let old = unix_seconds(now) - IDEMPOTENCY_WINDOW.as_secs() as i64;
+        conn.execute("UPDATE idempotency_keys SET created_at = ?1", [old])
+            .unwrap();
+        store.insert_image(&new_image("d")).unwrap();
+        let keys: i64 = conn
+            .query_row("SELECT count(*) FROM idempotency_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(keys, 0, "pruned");
+    }
+
+    #[test]
+    fn a_key_whose_image_was_deleted_stores_afresh() {
+        let (dir, store) = open_temp();
+        let now = SystemTime::now();
+        let Keyed::Stored(first) = store
+            .insert_image_once(&new_image("a"), "k", b"1", now)
+            .unwrap()
+        else {
+            panic!()
+        };
+        let conn = rusqlite::Connection::open(dir.path().join("g.db")).unwrap();
+        conn.execute("DELETE FROM images WHERE id = ?1", [first.id])
+            .unwrap();
+        assert!(matches!(
+            store
+                .insert_image_once(&new_image("a"), "k", b"1", now)
+                .unwrap(),
+            Keyed::Stored(_)
+        ));
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO images (title, alt_text, url) VALUES ('Old', '', '/o'); PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        assert_eq!(store.list_images().unwrap().len(), 4);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, schema::MIGRATIONS.len() as i64);
+        store
+            .insert_image_once(&new_image("a"), "k", b"1", SystemTime::now())
+            .unwrap();
+    }
+
+    #[test]
+    fn health_does_not_wait_for_a_pooled_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            busy_timeout: Duration::from_secs(5),
+            pool_size: 1,
+        };
+        let store = Store::open(&dir.path().join("g.db"), &options).unwrap();
+        let _held = store.connection().unwrap();
+        let started = std::time::Instant::now();
+        store.ping().unwrap();
+        store.data_version().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_dedicated_connection_never_creates_the_file_and_reopens_after_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let health = Dedicated::new(path.clone(), Duration::from_secs(1));
+        assert!(health.ping().is_err(), "no file yet");
+        assert!(!path.exists(), "the dedicated connection created a file");
+        // Once the file exists, the next call opens it afresh.
+        drop(Store::open(&path, &StoreOptions::default()).unwrap());
+        health.ping().unwrap();
+        let first = health.data_version().unwrap();
+        assert_eq!(health.data_version().unwrap(), first);
     }
 
     #[test]

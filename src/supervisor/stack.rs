@@ -50,6 +50,8 @@ impl Launcher {
                     port: spec.port,
                     bind: self.bind,
                     path: self.assets.clone(),
+                    // Through the front door the API is the page's own origin.
+                    api_origin: Vec::new(),
                 };
                 (self.static_program.clone(), args.to_args(), Signal::SIGKILL)
             }

@@ -467,7 +467,8 @@ fn the_schema_is_versioned_in_wal_mode_and_seeded_only_once() {
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
-    assert_eq!((version, mode.as_str()), (1, "wal"));
+    // Version 2: the images, then the Idempotency-Key table (SPEC §13).
+    assert_eq!((version, mode.as_str()), (2, "wal"));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 mod helpers;
 
 mod api;
+mod api_extensions;
 mod browser;
 mod concurrency;
 mod foreman;
@@ -8,5 +9,6 @@ mod hardening;
 mod operations;
 mod startup;
 mod static_files;
+mod static_security;
 mod supervisor;
 mod supervisor_startup;

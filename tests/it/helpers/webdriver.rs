@@ -1,6 +1,8 @@
 //! A minimal W3C WebDriver client (blocking reqwest + serde_json) driving
 //! Debian's headless Chromium through `chromedriver`: just what the browser
-//! tests need — navigate, find, read text, type, click, run a script.
+//! tests need — navigate, find, read text, type, click, run a script, plus
+//! two chromedriver extensions: the browser's console log, and a script
+//! run at the start of every new document (before the page's own).
 //!
 //! `chromedriver --port=0` picks a free port and reports it ("ChromeDriver
 //! was started successfully on port N."), so tests never race for ports.
@@ -93,6 +95,9 @@ impl Browser {
         let profile = tempfile::tempdir().unwrap();
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // Keeps the console (and the browser's own messages, such as
+            // CSP refusals) for `console_log`.
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
@@ -205,6 +210,48 @@ impl Browser {
             "/execute/sync",
             Some(json!({ "script": script, "args": args })),
         )
+    }
+}
+
+/// One console message: level (`SEVERE`, `WARNING`, `INFO`...), origin
+/// (`console-api`, `network`, `security`, ...) and text.
+#[derive(Debug, Clone)]
+pub struct ConsoleEntry {
+    pub level: String,
+    pub source: String,
+    pub message: String,
+}
+
+impl Browser {
+    /// The console messages since the last call (chromedriver hands each
+    /// out once), including those the browser itself logs: failed loads,
+    /// CSP refusals, uncaught exceptions.
+    pub fn console_log(&self) -> Vec<ConsoleEntry> {
+        let entries = self.call(Method::POST, "/se/log", Some(json!({"type": "browser"})));
+        entries
+            .as_array()
+            .unwrap_or_else(|| panic!("WebDriver log: not a list: {entries}"))
+            .iter()
+            .map(|entry| ConsoleEntry {
+                level: entry["level"].as_str().unwrap_or_default().to_string(),
+                source: entry["source"].as_str().unwrap_or_default().to_string(),
+                message: entry["message"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect()
+    }
+
+    /// Runs `source` at the start of every document loaded from now on,
+    /// before any of the page's own scripts (DevTools'
+    /// `Page.addScriptToEvaluateOnNewDocument`; no page policy applies to it).
+    pub fn on_new_document(&self, source: &str) {
+        self.call(
+            Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({
+                "cmd": "Page.addScriptToEvaluateOnNewDocument",
+                "params": {"source": source}
+            })),
+        );
     }
 }
 
