@@ -38,6 +38,10 @@ pub struct ApiServerArgs {
     /// How long a write waits for another process's lock, in milliseconds, before a 503.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     pub busy_timeout_ms: u64,
+    /// Never create, migrate or seed the database: answer 503 until a usable
+    /// one is at the path (the supervisor, which creates it, passes this).
+    #[arg(long)]
+    pub existing_database: bool,
 }
 
 impl ApiServerArgs {
@@ -62,6 +66,9 @@ impl ApiServerArgs {
         ];
         for origin in &self.cors_origin {
             args.extend(["--cors-origin".into(), origin.into()]);
+        }
+        if self.existing_database {
+            args.push("--existing-database".into());
         }
         args
     }
@@ -250,6 +257,7 @@ mod tests {
             name: "api-7".into(),
             cors_origin: vec!["http://a".into(), "http://b".into()],
             busy_timeout_ms: 1234,
+            existing_database: true,
         };
         let mut argv = vec![OsString::from("api-server")];
         argv.extend(args.to_args());

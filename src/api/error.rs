@@ -67,6 +67,9 @@ impl ApiError {
     /// The text a client sees.
     fn public_message(&self) -> String {
         match self {
+            ApiError::Store(StoreError::Unavailable(_)) => {
+                "the database is unavailable; please retry shortly".to_string()
+            }
             ApiError::Store(e) if e.is_busy() => {
                 "the database is busy; please retry shortly".to_string()
             }

@@ -231,7 +231,11 @@ pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         busy_timeout: std::time::Duration::from_millis(args.busy_timeout_ms),
         ..StoreOptions::default()
     };
-    let store = Store::open(&path, &options)?;
+    let store = if args.existing_database {
+        Store::open_existing(&path, &options)
+    } else {
+        Store::open(&path, &options)?
+    };
     let cors = CorsPolicy::parse(&args.cors_origin)?;
     let state = ApiState::new(store, &args.name);
     crate::http::serve(listener, router(state, cors), &args.name)

@@ -23,6 +23,8 @@ use super::{StoreError, classify, configure, is_busy_code};
 /// later reading is never smaller than an earlier one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DataVersion {
+    /// Which opening of the database file (see `Store`) it belongs to.
+    generation: u64,
     /// Which opening of the dedicated connection read `version`.
     epoch: u64,
     /// `PRAGMA data_version` on that connection: it grows whenever another
@@ -39,6 +41,13 @@ pub(super) struct Dedicated {
 struct Slot {
     connection: Option<Connection>,
     epoch: u64,
+}
+
+impl DataVersion {
+    /// The same reading, as one of the file's `generation`th opening.
+    pub(super) fn of_generation(self, generation: u64) -> Self {
+        Self { generation, ..self }
+    }
 }
 
 impl Dedicated {
@@ -85,7 +94,11 @@ impl Dedicated {
     pub(super) fn data_version(&self) -> Result<DataVersion, StoreError> {
         self.with(|connection, epoch| {
             let version = connection.pragma_query_value(None, "data_version", |row| row.get(0))?;
-            Ok(DataVersion { epoch, version })
+            Ok(DataVersion {
+                generation: 0,
+                epoch,
+                version,
+            })
         })
     }
 

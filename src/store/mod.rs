@@ -31,6 +31,7 @@
 //! from "broken"; their text is for operators and logs, never for clients.
 
 mod dedicated;
+pub mod identity;
 mod location;
 mod schema;
 
@@ -44,6 +45,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, Transactio
 use crate::image::{Image, NewImage};
 pub use dedicated::DataVersion;
 use dedicated::Dedicated;
+use identity::FileIdentity;
+pub use identity::FileTrouble;
 pub use location::{LocationError, SUPPORTED_FORMS, parse_database_location};
 
 /// How long an `Idempotency-Key` is remembered (SPEC §13).
@@ -89,14 +92,17 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
     #[error("database is busy: {0}")]
     Busy(String),
+    #[error("{0}")]
+    Unavailable(FileTrouble),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
 
 impl StoreError {
-    /// True when retrying later may succeed (lock contention, pool exhausted).
+    /// True when retrying later may succeed (lock contention, pool
+    /// exhausted, the database file gone or unusable for now).
     pub fn is_busy(&self) -> bool {
-        matches!(self, StoreError::Busy(_))
+        matches!(self, StoreError::Busy(_) | StoreError::Unavailable(_))
     }
 }
 
@@ -133,12 +139,39 @@ impl Default for StoreOptions {
 }
 
 /// A pool of configured connections to one SQLite file, and the two
-/// dedicated ones.
+/// dedicated ones, checked before every use against the file at the path
+/// (see `identity.rs`) and reopened when a usable file is back.
 #[derive(Clone)]
 pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    options: StoreOptions,
+    /// The file in use; `None` while there is no usable file at the path.
+    opened: std::sync::RwLock<Option<Arc<Opened>>>,
+    /// The trouble last logged, so each change is logged once.
+    trouble: std::sync::Mutex<Option<FileTrouble>>,
+    /// Counts openings, so data versions of different files never compare equal.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// Connections to one file, known by its identity.
+struct Opened {
     pool: r2d2::Pool<SqliteConnectionManager>,
-    health: Arc<Dedicated>,
-    versions: Arc<Dedicated>,
+    health: Dedicated,
+    versions: Dedicated,
+    identity: FileIdentity,
+    generation: u64,
+}
+
+/// Flags for every connection after the first open: never create the file,
+/// so a removed database is an error and not a fresh empty one.
+fn existing_file_flags() -> rusqlite::OpenFlags {
+    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI
 }
 
 /// Per-connection pragmas. WAL is a property of the file: it is switched on
@@ -195,22 +228,118 @@ impl Store {
             }
         }
 
-        let manager = SqliteConnectionManager::file(path)
+        let store = Store::unopened(path, options);
+        store.opened()?;
+        Ok(store)
+    }
+
+    /// A store on a database that must already exist (a worker under the
+    /// supervisor, which created it): it never creates, migrates or seeds
+    /// one. While no usable file is at the path every operation is
+    /// [`StoreError::Unavailable`]; the file is (re)opened once it is back.
+    pub fn open_existing(path: &Path, options: &StoreOptions) -> Store {
+        let store = Store::unopened(path, options);
+        let _ = store.opened();
+        store
+    }
+
+    fn unopened(path: &Path, options: &StoreOptions) -> Store {
+        Store {
+            shared: Arc::new(Shared {
+                path: path.to_path_buf(),
+                options: options.clone(),
+                opened: std::sync::RwLock::new(None),
+                trouble: std::sync::Mutex::new(None),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The connections to use now: the file opened before if it is still at
+    /// the path and usable; a reopened one if a usable file has replaced it.
+    fn opened(&self) -> Result<Arc<Opened>, StoreError> {
+        let shared = &self.shared;
+        let current = shared
+            .opened
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let result = match &current {
+            Some(opened) => match identity::check(&shared.path, opened.identity) {
+                Ok(()) => Ok(opened.clone()),
+                Err(FileTrouble::Replaced) => self.reopen(),
+                Err(trouble) => Err(trouble),
+            },
+            None => self.reopen(),
+        };
+        self.note(result.as_ref().err().copied());
+        result.map_err(StoreError::Unavailable)
+    }
+
+    /// Opens the usable database file now at the path.
+    fn reopen(&self) -> Result<Arc<Opened>, FileTrouble> {
+        let shared = &self.shared;
+        let identity = identity::usable(&shared.path)?;
+        let busy_timeout = shared.options.busy_timeout;
+        // It must be a database of ours, at a version this build knows.
+        let conn = Connection::open_with_flags(&shared.path, existing_file_flags())
+            .map_err(|_| FileTrouble::Unreadable)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|_| FileTrouble::NotADatabase)?;
+        if !(1..=schema::MIGRATIONS.len() as i64).contains(&version) {
+            return Err(FileTrouble::NotADatabase);
+        }
+        drop(conn);
+        let manager = SqliteConnectionManager::file(&shared.path)
+            .with_flags(existing_file_flags())
             .with_init(move |conn| configure(conn, busy_timeout));
         let pool = r2d2::Pool::builder()
-            .max_size(options.pool_size)
+            .max_size(shared.options.pool_size)
             .min_idle(Some(1))
             .connection_timeout(busy_timeout)
             .build_unchecked(manager);
-        Ok(Self {
+        let opened = Arc::new(Opened {
             pool,
-            health: Arc::new(Dedicated::new(path.to_path_buf(), busy_timeout)),
-            versions: Arc::new(Dedicated::new(path.to_path_buf(), busy_timeout)),
-        })
+            health: Dedicated::new(shared.path.clone(), busy_timeout),
+            versions: Dedicated::new(shared.path.clone(), busy_timeout),
+            identity,
+            generation: shared
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        });
+        *shared
+            .opened
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Logs each change of the database file's state once.
+    fn note(&self, trouble: Option<FileTrouble>) {
+        let mut last = self
+            .shared
+            .trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last == trouble {
+            return;
+        }
+        let path = self.shared.path.display();
+        match trouble {
+            Some(trouble) => tracing::error!(
+                "{trouble} ({path}): answering 503 to every request that needs it until a usable database is back"
+            ),
+            None => tracing::warn!("the database file {path} is usable again: serving"),
+        }
+        *last = trouble;
     }
 
     fn connection(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StoreError> {
-        self.pool.get().map_err(|e| StoreError::Busy(e.to_string()))
+        self.opened()?
+            .pool
+            .get()
+            .map_err(|e| StoreError::Busy(e.to_string()))
     }
 
     /// Every image in insertion order.
@@ -255,7 +384,11 @@ impl Store {
     /// The database's change counter; see [`DataVersion`]. Read on a
     /// dedicated connection, so it is cheap and never waits for the pool.
     pub fn data_version(&self) -> Result<DataVersion, StoreError> {
-        self.versions.data_version()
+        let opened = self.opened()?;
+        Ok(opened
+            .versions
+            .data_version()?
+            .of_generation(opened.generation))
     }
 
     /// Stores one image in its own `BEGIN IMMEDIATE` transaction.
@@ -294,7 +427,7 @@ impl Store {
     /// A real round trip: reads the schema and the images table, on the
     /// dedicated health connection.
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.health.ping()
+        self.opened()?.health.ping()
     }
 }
 

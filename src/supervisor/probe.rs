@@ -6,7 +6,8 @@
 //! from the old one. Readiness therefore sends a real HTTP request carrying
 //! [`PROBE_HEADER`] and waits for an answer that names the new process's
 //! pid in [`PID_HEADER`] (both servers add it to probed responses; see
-//! `crate::http`). nginx binds its own port: a connect is enough there.
+//! `crate::http`). nginx is ready when it answers HTTP at all: its master
+//! binds the port before its workers exist.
 //!
 //! The watchdog's health check is one request with a timeout: any HTTP
 //! answer counts, so a worker whose database is briefly down (503) is not
@@ -27,7 +28,8 @@ pub use crate::http::{PID_HEADER, PROBE_HEADER};
 pub async fn until_ready(role: Role, address: SocketAddr, pid: u32) {
     loop {
         let ready = match role {
-            Role::Nginx => tcp_open(address, Duration::from_secs(1)).await,
+            // Any HTTP answer: the port is bound and a worker process serves.
+            Role::Nginx => http_get(address, "/", Duration::from_secs(1)).await.is_some(),
             _ => {
                 let answer = http_get(address, check_path(role), Duration::from_secs(1)).await;
                 answer.is_some_and(|(_, answered_by)| answered_by == Some(pid))

@@ -63,6 +63,8 @@ impl Launcher {
                 args.database = self.database.to_string_lossy().into_owned();
                 args.name = spec.name.clone();
                 args.cors_origin = self.cors_origins.clone();
+                // The supervisor created the database; a worker never does.
+                args.existing_database = true;
                 (self.api_program.clone(), args.to_args(), Signal::SIGKILL)
             }
             // SIGTERM so nginx's master takes its workers down with it.
@@ -142,6 +144,7 @@ impl Executor {
             });
         }
         listen_for_signals(&inbox)?;
+        tokio::spawn(watch_database(self.launcher.database.clone()));
         let (jobs, job_queue) = std::sync::mpsc::channel();
         let state_dir = run_dir.clone();
         let writer = std::thread::Builder::new()
@@ -441,6 +444,41 @@ fn control_event(command: Command) -> Event {
     Event::Control {
         reply: None,
         command,
+    }
+}
+
+/// Says once, in the supervisor's own words, when the database file stops
+/// being usable (removed, replaced, read-only, not a database) and when it
+/// is usable again; the workers answer 503 meanwhile (see `store::identity`).
+async fn watch_database(path: PathBuf) {
+    use crate::store::identity;
+    let mut opened = identity::usable(&path).ok();
+    let mut trouble = None;
+    let mut ticks = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        ticks.tick().await;
+        let now = match opened {
+            Some(identity) => identity::check(&path, identity),
+            None => identity::usable(&path).map(|_| ()),
+        };
+        let now = match now {
+            Err(identity::FileTrouble::Replaced) => identity::usable(&path).map(|_| ()),
+            other => other,
+        };
+        if now.is_ok() {
+            opened = identity::usable(&path).ok();
+        }
+        if now.err() != trouble {
+            let text = match now {
+                Err(cause) => format!(
+                    "database {}: {cause}; the workers answer 503 until a usable database is back at that path",
+                    path.display()
+                ),
+                Ok(()) => format!("database {}: usable again", path.display()),
+            };
+            output::line("supervisor", &text);
+            trouble = now.err();
+        }
     }
 }
 

@@ -200,3 +200,228 @@ fn thousands_of_slow_clients_never_stop_the_site() {
         assert!(since_opened < timeout + Duration::from_secs(5));
     }
 }
+
+/// One POST: when it was sent, its title, its status (None: no answer),
+/// and when the answer came.
+type Posted = (Instant, String, Option<u16>, Instant);
+
+/// POSTs through the front door from a few threads until stopped, recording
+/// when each was sent and answered and what came back.
+struct Posters {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<Posted>>>,
+}
+
+impl Posters {
+    fn start(url: String, threads: usize) -> Posters {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        static ROUNDS: AtomicUsize = AtomicUsize::new(0);
+        let round = ROUNDS.fetch_add(1, Ordering::SeqCst);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let acknowledged = std::sync::Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, url, acked) = (stop.clone(), url.clone(), acknowledged.clone());
+                std::thread::spawn(move || {
+                    let client = client();
+                    let mut seen = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let title = format!("post {round}.{t}.{n}");
+                        let body = serde_json::json!({"title": title, "alt_text": "", "url": "/p"});
+                        let sent = Instant::now();
+                        let status = client
+                            .post(&url)
+                            .body(body.to_string())
+                            .send()
+                            .ok()
+                            .map(|r| r.status().as_u16());
+                        if status == Some(200) {
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        seen.push((sent, title, status, Instant::now()));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Posters {
+            stop,
+            acknowledged,
+            threads,
+        }
+    }
+
+    fn stop(self) -> Vec<Posted> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn a_removed_replaced_or_read_only_database_refuses_writes_then_serves_again() {
+    let _heavy = heavy();
+    let stack = Supervisor::start(&[]);
+    let db = stack.dir.path().join("gallery.db");
+    let aside = stack.dir.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    let companions = |base: &std::path::Path| -> Vec<std::path::PathBuf> {
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| std::path::PathBuf::from(format!("{}{suffix}", base.display())))
+            .collect()
+    };
+    type Fault = (&'static str, Box<dyn Fn()>, Box<dyn Fn()>);
+    let (db1, db2, db3, db4, aside1, aside2) = (
+        db.clone(),
+        db.clone(),
+        db.clone(),
+        db.clone(),
+        aside.clone(),
+        aside.clone(),
+    );
+    let companions2 = companions;
+    let faults: Vec<Fault> = vec![
+        (
+            "removed",
+            Box::new(move || {
+                for file in companions(&db1) {
+                    let name = file.file_name().unwrap().to_owned();
+                    let _ = std::fs::rename(&file, aside1.join(name));
+                }
+            }),
+            Box::new(move || {
+                for file in companions2(&aside2.join("gallery.db")) {
+                    let name = file.file_name().unwrap().to_owned();
+                    let _ = std::fs::rename(&file, db2.with_file_name(name));
+                }
+            }),
+        ),
+        (
+            "replaced with garbage",
+            Box::new({
+                let db = db3.clone();
+                move || {
+                    std::fs::hard_link(&db, db.with_extension("kept")).unwrap();
+                    let garbage = db.with_extension("garbage");
+                    std::fs::write(&garbage, "this is not a database ".repeat(500)).unwrap();
+                    std::fs::rename(&garbage, &db).unwrap();
+                }
+            }),
+            Box::new({
+                let db = db3.clone();
+                move || std::fs::rename(db.with_extension("kept"), &db).unwrap()
+            }),
+        ),
+        (
+            "made read-only",
+            Box::new({
+                let db = db4.clone();
+                move || {
+                    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap()
+                }
+            }),
+            Box::new({
+                let db = db4.clone();
+                move || {
+                    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap()
+                }
+            }),
+        ),
+    ];
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let health = || {
+        quick
+            .get(stack.url("/api/health"))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let mut acknowledged = Vec::new();
+    for (name, break_it, mend_it) in faults {
+        let posters = Posters::start(stack.url("/api/images.json"), 4);
+        crate::helpers::wait_until(Duration::from_secs(10), "POSTs to flow", || {
+            posters
+                .acknowledged
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 200
+        });
+        let broken_at = Instant::now();
+        break_it();
+        crate::helpers::wait_until(Duration::from_secs(2), "/health to say 503", || {
+            health() == 503
+        });
+        let detected = broken_at.elapsed();
+        // Let the load run against the broken file for a while.
+        let hold_until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < hold_until {
+            assert_eq!(health(), 503, "{name}: /health while broken");
+        }
+        let mended_at = Instant::now();
+        mend_it();
+        crate::helpers::wait_until(Duration::from_secs(5), "the site to serve again", || {
+            health() == 200
+        });
+        let back = mended_at.elapsed();
+        let seen = posters.stop();
+        // Nothing sent once /health said 503 was acknowledged before the mend.
+        let detected_at = broken_at + detected;
+        let while_broken: Vec<_> = seen
+            .iter()
+            .filter(|(sent, _, status, answered)| {
+                *sent > detected_at && *answered < mended_at && *status == Some(200)
+            })
+            .collect();
+        assert!(
+            while_broken.is_empty(),
+            "{name}: acknowledged while broken (detected after {detected:?}): {:?}",
+            while_broken
+                .iter()
+                .map(|(sent, title, _, _)| (sent.duration_since(broken_at), title))
+                .collect::<Vec<_>>()
+        );
+        let refused = seen
+            .iter()
+            .filter(|(sent, _, status, _)| *sent > broken_at && *status == Some(503))
+            .count();
+        let after: Vec<_> = seen
+            .iter()
+            .filter(|(sent, _, _, _)| *sent > mended_at + back)
+            .collect();
+        assert!(
+            after.iter().all(|(_, _, status, _)| *status == Some(200)),
+            "{name}: after the mend: {:?}",
+            after
+                .iter()
+                .filter(|(_, _, s, _)| *s != Some(200))
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+        acknowledged.extend(
+            seen.iter()
+                .filter(|(_, _, status, _)| *status == Some(200))
+                .map(|(_, title, _, _)| title.clone()),
+        );
+        eprintln!(
+            "database {name}: /health 503 after {detected:.0?}, {refused} POSTs refused with 503, serving again {back:.0?} after the mend; {} acknowledged in this round",
+            seen.iter().filter(|(_, _, s, _)| *s == Some(200)).count()
+        );
+        for child in stack.state()["children"].as_array().unwrap() {
+            assert_ne!(child["state"], "failed", "{name}: {child}");
+        }
+    }
+    let stored = crate::helpers::load::assert_stored_once(&db, &acknowledged);
+    eprintln!(
+        "{} acknowledged POSTs all in the file at the path, once each ({stored} rows)",
+        acknowledged.len()
+    );
+    assert!(stack.proc.output.contains("the database file was removed"));
+}
