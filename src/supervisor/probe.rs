@@ -29,7 +29,9 @@ pub async fn until_ready(role: Role, address: SocketAddr, pid: u32) {
     loop {
         let ready = match role {
             // Any HTTP answer: the port is bound and a worker process serves.
-            Role::Nginx => http_get(address, "/", Duration::from_secs(1)).await.is_some(),
+            Role::Nginx => http_get(address, "/", Duration::from_secs(1))
+                .await
+                .is_some(),
             _ => {
                 let answer = http_get(address, check_path(role), Duration::from_secs(1)).await;
                 answer.is_some_and(|(_, answered_by)| answered_by == Some(pid))

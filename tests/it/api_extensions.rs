@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::helpers::supervisor::Supervisor;
 use crate::helpers::{
-    ApiServer, client, established_connections, get_json, heavy, temp_db, wait_until,
+    ApiServer, XorShift, client, established_connections, get_json, heavy, temp_db, wait_until,
 };
 
 /// Asserts a JSON error body `{"error": ...}` and returns the message.
@@ -471,20 +471,6 @@ fn twenty_concurrent_requests_with_one_key_store_one_row() {
             "the round's connections to close",
             || connected() == 0,
         );
-    }
-}
-
-/// A small xorshift64 generator, seeded from the clock; the seed is printed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
     }
 }
 

@@ -18,7 +18,7 @@ use crate::helpers::load::{Load, Mix, Retry, assert_stored_once};
 use crate::helpers::supervisor::{
     Supervisor, api_names_in_status, quick_client, read_state, run_control,
 };
-use crate::helpers::{bin, client, heavy, is_alive, wait_for, wait_until};
+use crate::helpers::{XorShift, bin, client, heavy, is_alive, wait_for, wait_until};
 
 /// Connections of the load in every load test.
 const CONNECTIONS: usize = 25;
@@ -142,21 +142,6 @@ fn assert_all_replaced(
 
 fn api_name_set(n: usize) -> BTreeSet<String> {
     (1..=n).map(|k| format!("api-{k}")).collect()
-}
-
-/// A small xorshift64 generator: enough randomness to pick a victim, and a
-/// printed seed makes a run reproducible (`CHAOS_SEED=...`).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
 }
 
 #[test]

@@ -19,7 +19,6 @@ fn kill(pid: i32, signal: Signal) {
 
 /// Waits until `name` runs under a pid other than `old` and answers; returns the time taken.
 fn wait_for_replacement(stack: &Supervisor, name: &str, old: i32, killed_at: Instant) -> Duration {
-    let port = stack.child(name)["port"].as_u64().unwrap();
     let quick = reqwest::blocking::Client::builder()
         .timeout(Duration::from_millis(500))
         .build()
@@ -27,24 +26,7 @@ fn wait_for_replacement(stack: &Supervisor, name: &str, old: i32, killed_at: Ins
     wait_until(
         Duration::from_secs(10),
         &format!("{name} to come back"),
-        || {
-            let child = stack.child(name);
-            let Some(pid) = child["pid"].as_i64() else {
-                return false;
-            };
-            if pid as i32 == old || child["state"] != "running" {
-                return false;
-            }
-            let path = if name.starts_with("api") {
-                "/health"
-            } else {
-                "/"
-            };
-            quick
-                .get(format!("http://127.0.0.1:{port}{path}"))
-                .send()
-                .is_ok_and(|r| r.status() == 200)
-        },
+        || stack.is_replaced(name, old, &quick),
     );
     killed_at.elapsed()
 }

@@ -384,3 +384,18 @@ pub fn post_in_flight(
     );
     (holder, in_flight)
 }
+
+/// A tiny deterministic random number generator (xorshift64) for tests that
+/// pick victims at random and print their seed so a run can be replayed.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
