@@ -10,6 +10,7 @@
 //!   extraction, and `ApiError`, the one status-code mapping.
 //! - [`static_files`]: serving the assets directory safely.
 //! - [`listen`]: a bound port or a socket inherited through `LISTEN_FDS`.
+//! - [`origin`]: web origins, parsed once for every flag that names one.
 //! - [`http`]: shared HTTP plumbing — request log, graceful serving, logging.
 //! - [`nginx`]: the nginx config as a pure function of the plan, and `nginx -t`.
 //! - [`supervisor`]: `gallery-supervisor` — a pure core that makes every
@@ -24,6 +25,7 @@ pub mod http;
 pub mod image;
 pub mod listen;
 pub mod nginx;
+pub mod origin;
 pub mod plan;
 pub mod static_files;
 pub mod store;

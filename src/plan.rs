@@ -57,6 +57,8 @@ impl Plan {
             );
             (0..workers).map(|k| args.api_base_port + k).collect()
         };
+        // A bad origin is one clear line now, not a worker crash loop later.
+        crate::api::CorsPolicy::parse(&args.cors_origin)?;
         Ok(Plan {
             bind: args.bind,
             front_port: args.port,
@@ -148,6 +150,13 @@ mod tests {
                 .to_string(),
             "10.1.2.3"
         );
+    }
+
+    #[test]
+    fn a_bad_cors_origin_is_refused_up_front() {
+        let err = plan(&["--cors-origin", "http://x/path"]).unwrap_err();
+        assert!(err.to_string().contains("--cors-origin"), "{err}");
+        assert!(plan(&["--cors-origin", "HTTP://Example.com:8082/"]).is_ok());
     }
 
     #[test]

@@ -87,18 +87,10 @@ impl CorsPolicy {
         origins
             .iter()
             .map(|origin| {
-                let plausible = origin.split_once("://").is_some_and(|(scheme, rest)| {
-                    !scheme.is_empty()
-                        && !rest.is_empty()
-                        && origin
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || ".-:/[]".contains(c))
-                });
-                anyhow::ensure!(
-                    plausible,
-                    "bad --cors-origin {origin:?}: expected an origin such as http://127.0.0.1:8082, or *"
-                );
-                Ok(HeaderValue::from_str(origin)?)
+                let origin: crate::origin::Origin = origin
+                    .parse()
+                    .map_err(|why| anyhow::anyhow!("bad --cors-origin: {why}, or *"))?;
+                Ok(HeaderValue::from_str(&origin.to_string())?)
             })
             .collect::<anyhow::Result<Vec<_>>>()
             .map(CorsPolicy::Origins)

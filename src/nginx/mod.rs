@@ -68,11 +68,11 @@ fn render_with_access_log(plan: &Plan, access_log: &str) -> String {
     }
     // nginx's own answers carry the origins the workers allow.
     let (cors_map, allow_origin) = match crate::api::CorsPolicy::parse(&plan.cors_origins) {
-        Ok(crate::api::CorsPolicy::Origins(_)) => {
+        Ok(crate::api::CorsPolicy::Origins(origins)) => {
             let mut map = String::from(
                 "    map $http_origin $gallery_cors_origin {\n        default \"\";\n",
             );
-            for origin in &plan.cors_origins {
+            for origin in origins.iter().filter_map(|o| o.to_str().ok()) {
                 writeln!(map, "        \"{origin}\" \"{origin}\";").unwrap();
             }
             map.push_str("    }\n\n");
