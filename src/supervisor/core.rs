@@ -532,6 +532,21 @@ impl Core {
         id
     }
 
+    /// Starts a slot's restart timer (a backoff or a cool-down); an earlier
+    /// one still pending is void from now on.
+    fn schedule_restart(&mut self, index: usize, after: Duration, out: &mut Vec<Action>) {
+        let token = self.next_id();
+        let slot = &mut self.slots[index];
+        slot.restart_timer = Some(token);
+        out.push(Action::Schedule {
+            after,
+            timer: Timer::RestartDue {
+                slot: slot.spec.name.clone(),
+                token,
+            },
+        });
+    }
+
     /// SIGTERMs (SIGQUIT for nginx) a process and starts its grace timer.
     fn terminate(&self, index: usize, proc: &Proc, out: &mut Vec<Action>) {
         if let Some(pid) = proc.pid {
@@ -871,22 +886,13 @@ impl Core {
                         self.retarget_fresh(&name, new);
                     }
                     Decision::RestartAfter(delay) => {
-                        let token = self.next_id();
-                        self.slots[index].restart_timer = Some(token);
                         out.push(Action::Log(format!(
                             "restarting {name} in {} ms",
                             delay.as_millis()
                         )));
-                        out.push(Action::Schedule {
-                            after: delay,
-                            timer: Timer::RestartDue {
-                                slot: name.clone(),
-                                token,
-                            },
-                        });
+                        self.schedule_restart(index, delay, out);
                     }
                     Decision::Fail { retry_after } => {
-                        let token = self.next_id();
                         let policy = &self.settings.policy;
                         out.push(Action::Log(format!(
                             "{name} exited {} times within {} s: marked failed, trying again in {} s",
@@ -896,19 +902,12 @@ impl Core {
                         )));
                         let slot = &mut self.slots[index];
                         slot.failed = true;
-                        slot.restart_timer = Some(token);
                         if slot.socket_open {
                             // Nobody accepts there now: refuse, so nginx skips it at once.
                             slot.socket_open = false;
                             out.push(Action::CloseSocket { slot: name.clone() });
                         }
-                        out.push(Action::Schedule {
-                            after: retry_after,
-                            timer: Timer::RestartDue {
-                                slot: name.clone(),
-                                token,
-                            },
-                        });
+                        self.schedule_restart(index, retry_after, out);
                     }
                 }
                 if waited_on {
@@ -1047,22 +1046,13 @@ impl Core {
                         self.retarget_fresh(&slot, proc);
                     }
                     Err(error) => {
-                        let token = self.next_id();
-                        let s = &mut self.slots[index];
-                        s.failed = true;
-                        s.restart_timer = Some(token);
+                        self.slots[index].failed = true;
                         let retry_after = self.settings.policy.cooldown;
                         out.push(Action::Log(format!(
                             "cannot start {slot} again: {error}; trying again in {} s",
                             retry_after.as_secs_f64()
                         )));
-                        out.push(Action::Schedule {
-                            after: retry_after,
-                            timer: Timer::RestartDue {
-                                slot: slot.clone(),
-                                token,
-                            },
-                        });
+                        self.schedule_restart(index, retry_after, out);
                         if let Some(Operation::Rollout {
                             step: Some(Step::Fresh { slot: s, .. }),
                             ..
