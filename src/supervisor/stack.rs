@@ -451,33 +451,23 @@ fn control_event(command: Command) -> Event {
 /// being usable (removed, replaced, read-only, not a database) and when it
 /// is usable again; the workers answer 503 meanwhile (see `store::identity`).
 async fn watch_database(path: PathBuf) {
-    use crate::store::identity;
-    let mut opened = identity::usable(&path).ok();
+    // Which file it is does not matter here: the workers reopen any usable
+    // database that takes the old one's place.
     let mut trouble = None;
     let mut ticks = tokio::time::interval(Duration::from_millis(500));
     loop {
         ticks.tick().await;
-        let now = match opened {
-            Some(identity) => identity::check(&path, identity),
-            None => identity::usable(&path).map(|_| ()),
-        };
-        let now = match now {
-            Err(identity::FileTrouble::Replaced) => identity::usable(&path).map(|_| ()),
-            other => other,
-        };
-        if now.is_ok() {
-            opened = identity::usable(&path).ok();
-        }
-        if now.err() != trouble {
+        let now = crate::store::identity::usable(&path).err();
+        if now != trouble {
             let text = match now {
-                Err(cause) => format!(
+                Some(cause) => format!(
                     "database {}: {cause}; the workers answer 503 until a usable database is back at that path",
                     path.display()
                 ),
-                Ok(()) => format!("database {}: usable again", path.display()),
+                None => format!("database {}: usable again", path.display()),
             };
             output::line("supervisor", &text);
-            trouble = now.err();
+            trouble = now;
         }
     }
 }
