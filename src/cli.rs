@@ -242,6 +242,10 @@ pub struct StackArgs {
     /// Missed health checks in a row after which a child is killed and restarted.
     #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub health_misses: u32,
+    /// The account the API and static servers run as when the supervisor
+    /// runs as root (default: nobody; `root` keeps them root).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 #[cfg(test)]

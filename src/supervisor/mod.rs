@@ -16,6 +16,7 @@
 //! output), `control` (the control socket and its client), `state`
 //! (`state.json`, `status`), `lock` (one supervisor per run directory).
 
+pub mod account;
 pub mod control;
 pub mod core;
 mod lock;
@@ -150,6 +151,37 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
     crate::store::Store::open(&database, &crate::store::StoreOptions::default())?;
     let database = absolute(&database)?;
 
+    let server_user = account::resolve(args.user.as_deref())?;
+    match &server_user {
+        Some(user) => {
+            use account::Need;
+            account::check(user, &api_program, Need::Execute, "the API server")?;
+            account::check(user, &static_program, Need::Execute, "the static server")?;
+            account::check(user, &assets, Need::Read, "the assets directory")?;
+            let database_dir = database.parent().unwrap_or(Path::new("/"));
+            account::check(
+                user,
+                database_dir,
+                Need::CreateFiles,
+                "the database's directory",
+            )?;
+            account::make_database_theirs(user, &database)
+                .with_context(|| format!("cannot make {} {}'s", database.display(), user.name))?;
+            output::line(
+                "supervisor",
+                &format!(
+                    "the API and static servers run as {} (uid {})",
+                    user.name, user.uid
+                ),
+            );
+        }
+        None if nix::unistd::Uid::effective().is_root() => output::line(
+            "supervisor",
+            "warning: the API and static servers run as root (--user root)",
+        ),
+        None => {}
+    }
+
     // Bind every server socket now: they stay open for the stack's lifetime.
     let mut sockets = std::collections::HashMap::new();
     let mut bind = |name: String, port: &mut u16| -> anyhow::Result<()> {
@@ -198,6 +230,7 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
             run_dir: run_dir.clone(),
             assets,
             database,
+            server_user,
             bind: plan.bind,
             cors_origins: plan.cors_origins.clone(),
         },

@@ -37,6 +37,10 @@ pub struct Launch {
     /// Sent to the child when the supervisor dies: SIGKILL for our servers,
     /// SIGTERM for nginx so its master takes its workers down with it.
     pub parent_death_signal: Signal,
+    /// The (uid, gid) to run as, with no supplementary groups (`None`: as
+    /// the supervisor). The parent-death signal is set after the switch,
+    /// which would otherwise clear it.
+    pub user: Option<(u32, u32)>,
 }
 
 /// The fd a passed socket gets in the child (`SD_LISTEN_FDS_START`).
@@ -55,6 +59,10 @@ pub fn spawn(launch: &Launch) -> std::io::Result<tokio::process::Child> {
         .env_remove("LISTEN_FDNAMES");
     if launch.listen_fd.is_some() {
         command.env("LISTEN_FDS", "1");
+    }
+    if let Some((uid, gid)) = launch.user {
+        // std drops the supplementary groups when root switches user.
+        command.uid(uid).gid(gid);
     }
     let supervisor = nix::unistd::getpid();
     let listen_fd = launch.listen_fd;

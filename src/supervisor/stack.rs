@@ -21,6 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::account::{self, ServerUser};
 use super::control::{self, Incoming, Response};
 use super::core::{Action, Command, Core, Event, ProcId, ReplyTo};
 use super::spawn::{self, Launch};
@@ -37,6 +38,8 @@ pub(super) struct Launcher {
     pub run_dir: PathBuf,
     pub assets: PathBuf,
     pub database: PathBuf,
+    /// The account the API and static servers run as (`None`: as the supervisor).
+    pub server_user: Option<ServerUser>,
     pub bind: IpAddr,
     pub cors_origins: Vec<String>,
 }
@@ -44,7 +47,7 @@ pub(super) struct Launcher {
 impl Launcher {
     fn launch(&self, spec: &ChildSpec, socket: Option<&TcpListener>) -> Launch {
         let listen_fd = socket.map(|s| s.as_raw_fd());
-        let (program, args, parent_death_signal) = match spec.role {
+        let (program, args, parent_death_signal, user) = match spec.role {
             Role::Static => {
                 let args = StaticServerArgs {
                     port: spec.port,
@@ -53,7 +56,13 @@ impl Launcher {
                     // Through the front door the API is the page's own origin.
                     api_origin: Vec::new(),
                 };
-                (self.static_program.clone(), args.to_args(), Signal::SIGKILL)
+                let user = self.server_user.clone();
+                (
+                    self.static_program.clone(),
+                    args.to_args(),
+                    Signal::SIGKILL,
+                    user,
+                )
             }
             Role::Api => {
                 let mut args =
@@ -65,13 +74,21 @@ impl Launcher {
                 args.cors_origin = self.cors_origins.clone();
                 // The supervisor created the database; a worker never does.
                 args.existing_database = true;
-                (self.api_program.clone(), args.to_args(), Signal::SIGKILL)
+                let user = self.server_user.clone();
+                (
+                    self.api_program.clone(),
+                    args.to_args(),
+                    Signal::SIGKILL,
+                    user,
+                )
             }
-            // SIGTERM so nginx's master takes its workers down with it.
+            // SIGTERM so nginx's master takes its workers down with it. The
+            // master keeps the supervisor's account; it drops its workers'.
             Role::Nginx => (
                 self.nginx.clone(),
                 crate::nginx::args(&self.run_dir),
                 Signal::SIGTERM,
+                None,
             ),
         };
         Launch {
@@ -79,6 +96,7 @@ impl Launcher {
             args,
             listen_fd,
             parent_death_signal,
+            user: user.map(|u| (u.uid, u.gid)),
         }
     }
 }
@@ -144,7 +162,10 @@ impl Executor {
             });
         }
         listen_for_signals(&inbox)?;
-        tokio::spawn(watch_database(self.launcher.database.clone()));
+        tokio::spawn(watch_database(
+            self.launcher.database.clone(),
+            self.launcher.server_user.clone(),
+        ));
         let (jobs, job_queue) = std::sync::mpsc::channel();
         let state_dir = run_dir.clone();
         let writer = std::thread::Builder::new()
@@ -450,14 +471,32 @@ fn control_event(command: Command) -> Event {
 /// Says once, in the supervisor's own words, when the database file stops
 /// being usable (removed, replaced, read-only, not a database) and when it
 /// is usable again; the workers answer 503 meanwhile (see `store::identity`).
-async fn watch_database(path: PathBuf) {
+async fn watch_database(path: PathBuf, server_user: Option<ServerUser>) {
     // Which file it is does not matter here: the workers reopen any usable
-    // database that takes the old one's place.
+    // database that takes the old one's place. A good file put back by
+    // another account (root restoring a backup) is made the servers'.
     let mut trouble = None;
+    let mut last_handover = None;
     let mut ticks = tokio::time::interval(Duration::from_millis(500));
     loop {
         ticks.tick().await;
         let now = crate::store::identity::usable(&path).err();
+        if let Some(user) = server_user.as_ref().filter(|_| now.is_none())
+            && !account::owns(user, &path)
+        {
+            let text = match account::make_database_theirs(user, &path) {
+                Ok(()) => format!("database {}: made {}'s", path.display(), user.name),
+                Err(e) => format!(
+                    "database {}: cannot make it {}'s: {e}",
+                    path.display(),
+                    user.name
+                ),
+            };
+            if last_handover.as_ref() != Some(&text) {
+                output::line("supervisor", &text);
+                last_handover = Some(text);
+            }
+        }
         if now != trouble {
             let text = match now {
                 Some(cause) => format!(

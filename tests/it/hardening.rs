@@ -425,3 +425,106 @@ fn a_removed_replaced_or_read_only_database_refuses_writes_then_serves_again() {
     );
     assert!(stack.proc.output.contains("the database file was removed"));
 }
+
+/// `(real, effective, saved, filesystem)` uids of a process.
+fn uids(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    line.split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn run_as_root_the_servers_run_as_nobody_and_a_restored_copy_is_made_theirs() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        // Not root: nobody can be switched to, and the supervisor says so.
+        let dir = Supervisor::temp_dir();
+        let command = Supervisor::command(dir.path(), &["--user", "nobody"]);
+        let (status, output) =
+            crate::helpers::Proc::spawn("supervisor", command).finish(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(1), "{output}");
+        assert!(
+            output.contains("--user nobody needs the supervisor to run as root"),
+            "{output}"
+        );
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let nobody = nobody.uid.as_raw();
+    let stack = Supervisor::start(&["--api-workers", "2"]);
+    let mut servers = vec!["static".to_string()];
+    servers.extend(stack.api_names());
+    for name in &servers {
+        let pid = stack.pid_of(name).unwrap();
+        assert_eq!(uids(pid), vec![nobody; 4], "{name} (pid {pid})");
+    }
+    let nginx = stack.pid_of("nginx").unwrap();
+    assert_eq!(uids(nginx)[1], 0, "nginx's master binds as root");
+    assert!(
+        stack
+            .proc
+            .output
+            .text()
+            .contains("the API and static servers run as nobody"),
+        "{}",
+        stack.proc.output.text()
+    );
+    let post = |title: &str| {
+        client()
+            .post(stack.url("/api/images.json"))
+            .body(format!(
+                r#"{{"title": "{title}", "alt_text": "", "url": "/x"}}"#
+            ))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(post("written by nobody"), 200);
+    let db = stack.dir.path().join("gallery.db");
+    assert_eq!(std::fs::metadata(&db).unwrap().uid(), nobody);
+
+    // root restores a backup: a root-owned copy put in place of a lost file.
+    let backup = stack.dir.path().join("backup.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+    drop(conn);
+    assert_eq!(std::fs::metadata(&backup).unwrap().uid(), 0);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let health = || {
+        client()
+            .get(stack.url("/api/health"))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    crate::helpers::wait_until(Duration::from_secs(2), "/health to say 503", || {
+        health() == 503
+    });
+    std::fs::rename(&backup, &db).unwrap();
+    crate::helpers::wait_until(Duration::from_secs(5), "writes to be taken again", || {
+        post("after the restore") == 200
+    });
+    assert_eq!(std::fs::metadata(&db).unwrap().uid(), nobody);
+    let images: Vec<serde_json::Value> = client()
+        .get(stack.url("/api/images.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let titles: Vec<&str> = images
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert!(titles.contains(&"written by nobody"), "{titles:?}");
+    assert_eq!(titles.last(), Some(&"after the restore"), "{titles:?}");
+    assert!(
+        stack.proc.output.text().contains("made nobody's"),
+        "{}",
+        stack.proc.output.text()
+    );
+}

@@ -380,11 +380,12 @@ fn a_second_signal_stops_at_once() {
 
 #[test]
 fn large_bodies_pass_nginx_even_when_its_workers_cannot_reach_the_run_directory() {
-    // A private (0700) directory: when the tests run as root, nginx's
+    // A private (0700) run directory: when the tests run as root, nginx's
     // workers run as an unprivileged user that cannot enter it, so nothing
     // may depend on nginx's temp files.
-    let dir = tempfile::tempdir().unwrap();
-    let stack = Supervisor::start_in(dir, &["--api-workers", "1"]);
+    let private = tempfile::tempdir().unwrap();
+    let run_dir = private.path().join("run");
+    let stack = Supervisor::start(&["--api-workers", "1", "--run-dir", run_dir.to_str().unwrap()]);
     let alt_text = "a".repeat(1000);
     for n in 0..40 {
         let body = serde_json::json!({

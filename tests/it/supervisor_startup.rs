@@ -140,3 +140,50 @@ fn status_without_a_running_supervisor_says_so() {
         "error: no gallery-supervisor is running with run directory .gallery (no state.json)"
     );
 }
+
+#[test]
+fn a_database_the_servers_account_cannot_reach_is_named_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Supervisor::temp_dir();
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Open to all, but inside a directory only root may enter.
+    let data = private.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let database = data.join("gallery.db");
+    let database = database.to_str().unwrap();
+    if nix::unistd::Uid::effective().is_root() {
+        let line = fails(dir.path(), &["--database", database]);
+        assert_mentions(
+            &line,
+            &["--user nobody cannot enter", "mode 0700", "--user root"],
+        );
+        // Kept root on request, the same stack starts.
+        let stack = Supervisor::start(&[
+            "--api-workers",
+            "1",
+            "--database",
+            database,
+            "--user",
+            "root",
+        ]);
+        let pid = stack.pid_of("api-1").unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.contains("\nUid:\t0\t"), "{status}");
+        assert!(
+            stack
+                .proc
+                .output
+                .text()
+                .contains("warning: the API and static servers run as root"),
+            "{}",
+            stack.proc.output.text()
+        );
+    } else {
+        let line = fails(dir.path(), &["--user", "root"]);
+        assert_mentions(&line, &["--user root needs the supervisor to run as root"]);
+    }
+    let line = fails(dir.path(), &["--user", "no-such-account"]);
+    assert_mentions(&line, &["--user no-such-account: no such user"]);
+}
