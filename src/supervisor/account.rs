@@ -150,7 +150,7 @@ pub fn make_database_theirs(user: &ServerUser, database: &Path) -> std::io::Resu
         path = database.as_os_str().to_owned();
     }
     for file in files {
-        match std::os::unix::fs::lchown(&file, Some(user.uid), Some(user.gid)) {
+        match std::os::unix::fs::chown(&file, Some(user.uid), Some(user.gid)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             other => other?,
         }
