@@ -27,8 +27,13 @@ fn the_top_level_nginx_conf_is_what_nginx_config_prints_for_the_procfile_ports()
         "regenerate with: gallery-supervisor nginx-config > nginx.conf"
     );
     let procfile = std::fs::read_to_string(repo().join("Procfile")).unwrap();
-    for port in ["--port 8082", "--port 8083", "--port 8084", "--port 8085"] {
-        assert!(procfile.contains(port), "{port}");
+    for port in [
+        "${GALLERY_STATIC_PORT:-8082}",
+        "${GALLERY_API_PORT_1:-8083}",
+        "${GALLERY_API_PORT_2:-8084}",
+        "${GALLERY_API_PORT_3:-8085}",
+    ] {
+        assert!(procfile.contains(&format!("--port {port}")), "{port}");
     }
 }
 
@@ -49,25 +54,61 @@ fn the_top_level_nginx_conf_passes_nginx_t() {
     );
 }
 
-/// The Procfile's ports: nginx, static, three workers.
-const PROCFILE_PORTS: [u16; 5] = [8080, 8082, 8083, 8084, 8085];
+/// Free ports for the Procfile: the front door, the static server, and a
+/// base for three workers on consecutive ports (as `--api-base-port` wants).
+struct ProcfilePorts {
+    front: u16,
+    static_port: u16,
+    api_base: u16,
+}
+
+impl ProcfilePorts {
+    fn pick() -> ProcfilePorts {
+        let api_base = wait_for(Duration::from_secs(10), "3 consecutive free ports", || {
+            let base = crate::helpers::free_port();
+            let held: Vec<_> = (0..3)
+                .map_while(|k| base.checked_add(k))
+                .map_while(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+                .collect();
+            (held.len() == 3).then_some(base)
+        });
+        ProcfilePorts {
+            front: crate::helpers::free_port(),
+            static_port: crate::helpers::free_port(),
+            api_base,
+        }
+    }
+
+    fn all(&self) -> Vec<u16> {
+        let mut all = vec![self.front, self.static_port];
+        all.extend((0..3).map(|k| self.api_base + k));
+        all
+    }
+}
 
 /// Runs the repository's Procfile under `runner` (its arguments before the
-/// Procfile and app-root flags) in a fresh directory and checks the site.
+/// Procfile and app-root flags) in a fresh directory, on free ports (the
+/// Procfile's port variables, and an nginx.conf rendered for them), with a
+/// PATH that lacks the sbin directories as a normal user's does, and checks
+/// the site.
 fn procfile_serves_the_site(name: &str, mut command: Command) {
-    for port in PROCFILE_PORTS {
-        assert!(
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-            "the Procfile's port {port} must be free for this test"
-        );
-    }
+    let ports = ProcfilePorts::pick();
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::copy(repo().join("nginx.conf"), dir.path().join("nginx.conf")).unwrap();
+    let config = Command::new(bin("gallery-supervisor"))
+        .arg("nginx-config")
+        .args(["--port", &ports.front.to_string()])
+        .args(["--static-port", &ports.static_port.to_string()])
+        .args(["--api-base-port", &ports.api_base.to_string()])
+        .output()
+        .unwrap();
+    assert!(config.status.success(), "{config:?}");
+    std::fs::write(dir.path().join("nginx.conf"), config.stdout).unwrap();
     std::os::unix::fs::symlink(crate::helpers::assets_dir(), dir.path().join("assets")).unwrap();
     let bin_dir = bin("api-server").parent().unwrap().to_path_buf();
     let path = std::env::var("PATH").unwrap_or_default();
+    let path: Vec<&str> = path.split(':').filter(|p| !p.contains("sbin")).collect();
     command
         .arg("-f")
         .arg(repo().join("Procfile"))
@@ -75,16 +116,22 @@ fn procfile_serves_the_site(name: &str, mut command: Command) {
         .arg(dir.path())
         .current_dir(dir.path())
         .env("GALLERY_BIN", &bin_dir)
-        .env("PATH", format!("{path}:/usr/sbin:/sbin"))
+        .env("GALLERY_STATIC_PORT", ports.static_port.to_string())
+        .env("PATH", path.join(":"))
         .env_remove("DATABASE_URL");
+    for k in 0..3 {
+        let port = (ports.api_base + k).to_string();
+        command.env(format!("GALLERY_API_PORT_{}", k + 1), port);
+    }
     let mut runner = Proc::spawn(name, command);
     runner.terminate_on_drop = true;
-    let images: Vec<Value> = wait_for(Duration::from_secs(30), "the site on port 8080", || {
+    let front = format!("http://127.0.0.1:{}", ports.front);
+    let images: Vec<Value> = wait_for(Duration::from_secs(30), "the site", || {
         if let Some(status) = runner.child.try_wait().unwrap() {
             panic!("{name} exited with {status}:\n{}", runner.output.text());
         }
         let response = client()
-            .get("http://127.0.0.1:8080/api/images.json")
+            .get(format!("{front}/api/images.json"))
             .send()
             .ok()?;
         (response.status() == 200)
@@ -97,7 +144,7 @@ fn procfile_serves_the_site(name: &str, mut command: Command) {
         "gallery.db in the working directory"
     );
     let page: String = client()
-        .get("http://127.0.0.1:8080/")
+        .get(format!("{front}/"))
         .send()
         .unwrap()
         .text()
@@ -105,10 +152,7 @@ fn procfile_serves_the_site(name: &str, mut command: Command) {
     assert!(page.contains("script.js"));
     let workers: std::collections::HashSet<String> = (0..9)
         .map(|_| {
-            let r = client()
-                .get("http://127.0.0.1:8080/api/health")
-                .send()
-                .unwrap();
+            let r = client().get(format!("{front}/api/health")).send().unwrap();
             r.headers()["x-worker"].to_str().unwrap().to_string()
         })
         .collect();
@@ -117,23 +161,23 @@ fn procfile_serves_the_site(name: &str, mut command: Command) {
     runner
         .wait_timeout(Duration::from_secs(15))
         .unwrap_or_else(|| panic!("{name} stops"));
-    crate::helpers::wait_until(
-        Duration::from_secs(10),
-        "the Procfile's ports to be released",
-        || {
-            PROCFILE_PORTS
-                .iter()
-                .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        },
-    );
+    crate::helpers::wait_until(Duration::from_secs(10), "the ports to be released", || {
+        ports
+            .all()
+            .iter()
+            .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+    });
 }
 
-/// One test, so the two runners never compete for the Procfile's fixed ports.
 #[test]
-fn foreman_start_and_honcho_start_serve_the_same_site() {
+fn foreman_start_serves_the_site_on_free_ports_without_sbin_on_path() {
     let mut foreman = Command::new("foreman");
     foreman.arg("start");
     procfile_serves_the_site("foreman", foreman);
+}
+
+#[test]
+fn honcho_start_serves_the_same_site() {
     let mut honcho = Command::new("python3");
     honcho.args(["-m", "honcho", "start"]);
     procfile_serves_the_site("honcho", honcho);
