@@ -4,11 +4,17 @@
 //! signalling, nginx's master, which drops its own workers): the servers run
 //! as `--user` (default `nobody`). Before anything starts, the supervisor
 //! checks from the permission bits that this account can run both server
-//! programs, read the assets and create files beside the database (SQLite
-//! creates `-wal` and `-shm` there), so a path it cannot reach is one clear
-//! line at start rather than a crash loop. The database file and its `-wal`
-//! and `-shm` are then made the account's, at start and whenever a good file
-//! is put back at the path (restored from a backup by root, say).
+//! programs, read the assets and reach the database, so a path it cannot
+//! reach is one clear line at start rather than a crash loop. The database
+//! file and its `-wal` and `-shm` are then made the account's, at start and
+//! whenever a good file is put back at the path (restored from a backup by
+//! root, say).
+//!
+//! The account need not be able to create files beside the database (a
+//! checkout owned by root, say): the supervisor keeps a connection to the
+//! database open ([`Companions`]), so SQLite's `-wal` and `-shm` exist, the
+//! account's, for as long as the stack runs, and no worker ever has to
+//! create them.
 //!
 //! A supervisor not started as root changes nobody: its servers run as it
 //! does, and a `--user` naming anyone else is refused.
@@ -67,8 +73,8 @@ pub enum Need {
     Execute,
     /// List and read it (a directory).
     Read,
-    /// Create files in it (a directory).
-    CreateFiles,
+    /// Enter it (a directory) to reach the files it holds.
+    Enter,
 }
 
 impl Need {
@@ -78,7 +84,7 @@ impl Need {
             (Need::Execute, _) => 0o1,
             (Need::Read, true) => 0o5,
             (Need::Read, false) => 0o4,
-            (Need::CreateFiles, _) => 0o3,
+            (Need::Enter, _) => 0o1,
         }
     }
 }
@@ -106,7 +112,7 @@ pub fn check(user: &ServerUser, path: &Path, need: Need, what: &str) -> anyhow::
                 match need {
                     Need::Execute => "cannot run".to_string(),
                     Need::Read => "cannot read".to_string(),
-                    Need::CreateFiles => "cannot create files in".to_string(),
+                    Need::Enter => "cannot enter".to_string(),
                 }
             } else {
                 format!("cannot enter {} on the way to", step.display())
@@ -139,17 +145,20 @@ fn allowed(user: &ServerUser, metadata: &std::fs::Metadata, bits: u32) -> bool {
     granted & bits == bits
 }
 
+/// The database file and its `-wal` and `-shm`.
+fn database_files(database: &Path) -> [PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut path = database.as_os_str().to_owned();
+        path.push(suffix);
+        PathBuf::from(path)
+    };
+    [database.to_path_buf(), with("-wal"), with("-shm")]
+}
+
 /// Makes the database file and its `-wal` and `-shm` (those present) the
 /// account's.
 pub fn make_database_theirs(user: &ServerUser, database: &Path) -> std::io::Result<()> {
-    let mut path = database.as_os_str().to_owned();
-    let mut files = vec![database.to_path_buf()];
-    for suffix in ["-wal", "-shm"] {
-        path.push(suffix);
-        files.push(PathBuf::from(&path));
-        path = database.as_os_str().to_owned();
-    }
-    for file in files {
+    for file in database_files(database) {
         match std::os::unix::fs::chown(&file, Some(user.uid), Some(user.gid)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             other => other?,
@@ -158,9 +167,72 @@ pub fn make_database_theirs(user: &ServerUser, database: &Path) -> std::io::Resu
     Ok(())
 }
 
-/// Whether the file at `path` belongs to `user` (false when absent).
-pub fn owns(user: &ServerUser, path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.uid() == user.uid && m.gid() == user.gid)
+/// Whether every database file present belongs to `user`.
+pub fn owns_database(user: &ServerUser, database: &Path) -> bool {
+    database_files(database).iter().all(|file| {
+        std::fs::metadata(file).map_or(true, |m| m.uid() == user.uid && m.gid() == user.gid)
+    })
+}
+
+/// A connection the supervisor keeps to the database file at the path, so
+/// that its `-wal` and `-shm` exist (SQLite removes them when the last
+/// connection closes) and the servers' account never needs to create files
+/// in the database's directory. Re-held on whichever usable file is at the
+/// path.
+#[derive(Default)]
+pub struct Companions {
+    held: Option<(crate::store::identity::FileIdentity, rusqlite::Connection)>,
+}
+
+impl Companions {
+    /// Holds `identity`, the usable file now at `path`, unless already held:
+    /// opens it without creating anything, puts it in WAL mode, and reads it
+    /// once, which creates `-wal` and `-shm` when missing. A failure (a busy database, say) is
+    /// retried on the next call.
+    pub fn hold(
+        &mut self,
+        path: &Path,
+        identity: crate::store::identity::FileIdentity,
+    ) -> anyhow::Result<()> {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(held, _)| *held == identity)
+        {
+            return Ok(());
+        }
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(path, flags)?;
+        // A file restored from a copy may be in rollback-journal mode, whose
+        // journal the account could not create: switching to WAL (which
+        // sticks to the file) needs the directory once, and root has it.
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        anyhow::ensure!(
+            mode.eq_ignore_ascii_case("wal"),
+            "it stays in journal mode {mode}, not WAL"
+        );
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        self.held = Some((identity, conn));
+        Ok(())
+    }
+
+    /// Holds the usable file `identity` at `path` and makes it and its
+    /// companions `user`'s; returns whether any of them changed hands.
+    pub fn prepare(
+        &mut self,
+        user: &ServerUser,
+        path: &Path,
+        identity: crate::store::identity::FileIdentity,
+    ) -> anyhow::Result<bool> {
+        self.hold(path, identity)?;
+        if owns_database(user, path) {
+            return Ok(false);
+        }
+        make_database_theirs(user, path)?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -216,17 +288,18 @@ mod tests {
         chmod(&data, 0o755);
         let user = someone();
         check(&user, &data, Need::Read, "the assets").unwrap();
-        let error = check(&user, &data, Need::CreateFiles, "the database's directory")
+        chmod(&data, 0o700);
+        let error = check(&user, &data, Need::Enter, "the database's directory")
             .unwrap_err()
             .to_string();
         assert!(
-            error.starts_with("--user someone cannot create files in the database's directory"),
+            error.starts_with("--user someone cannot enter the database's directory"),
             "{error}"
         );
-        chmod(&data, 0o777);
-        check(&user, &data, Need::CreateFiles, "the database's directory").unwrap();
+        chmod(&data, 0o711);
+        check(&user, &data, Need::Enter, "the database's directory").unwrap();
         chmod(dir.path(), 0o700);
-        let error = check(&user, &data, Need::CreateFiles, "the database's directory")
+        let error = check(&user, &data, Need::Enter, "the database's directory")
             .unwrap_err()
             .to_string();
         assert!(

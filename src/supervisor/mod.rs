@@ -152,6 +152,7 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
     let database = absolute(&database)?;
 
     let server_user = account::resolve(args.user.as_deref())?;
+    let mut companions = account::Companions::default();
     match &server_user {
         Some(user) => {
             use account::Need;
@@ -159,13 +160,11 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
             account::check(user, &static_program, Need::Execute, "the static server")?;
             account::check(user, &assets, Need::Read, "the assets directory")?;
             let database_dir = database.parent().unwrap_or(Path::new("/"));
-            account::check(
-                user,
-                database_dir,
-                Need::CreateFiles,
-                "the database's directory",
-            )?;
-            account::make_database_theirs(user, &database)
+            account::check(user, database_dir, Need::Enter, "the database's directory")?;
+            let identity = crate::store::identity::usable(&database)
+                .with_context(|| format!("database {}", database.display()))?;
+            companions
+                .prepare(user, &database, identity)
                 .with_context(|| format!("cannot make {} {}'s", database.display(), user.name))?;
             output::line(
                 "supervisor",
@@ -242,6 +241,7 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
         plan,
         sockets,
         access_log: stack::collect_access_log()?,
+        companions,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

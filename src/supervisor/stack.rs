@@ -130,6 +130,8 @@ pub(super) struct Executor {
     pub sockets: HashMap<String, TcpListener>,
     /// Where nginx sends its access log (see [`collect_access_log`]).
     pub access_log: SocketAddr,
+    /// The supervisor's own hold on the database (see [`account::Companions`]).
+    pub companions: account::Companions,
 }
 
 struct Running {
@@ -165,6 +167,7 @@ impl Executor {
         tokio::spawn(watch_database(
             self.launcher.database.clone(),
             self.launcher.server_user.clone(),
+            std::mem::take(&mut self.companions),
         ));
         let (jobs, job_queue) = std::sync::mpsc::channel();
         let state_dir = run_dir.clone();
@@ -471,32 +474,39 @@ fn control_event(command: Command) -> Event {
 /// Says once, in the supervisor's own words, when the database file stops
 /// being usable (removed, replaced, read-only, not a database) and when it
 /// is usable again; the workers answer 503 meanwhile (see `store::identity`).
-async fn watch_database(path: PathBuf, server_user: Option<ServerUser>) {
-    // Which file it is does not matter here: the workers reopen any usable
-    // database that takes the old one's place. A good file put back by
-    // another account (root restoring a backup) is made the servers'.
+///
+/// With a server account, it also keeps a connection to whichever usable
+/// file is at the path (so its `-wal` and `-shm` exist) and makes a file
+/// put back by another account (root restoring a backup) the account's.
+async fn watch_database(
+    path: PathBuf,
+    server_user: Option<ServerUser>,
+    mut companions: account::Companions,
+) {
+    // Which file it is does not matter to the workers: they reopen any
+    // usable database that takes the old one's place.
     let mut trouble = None;
     let mut last_handover = None;
     let mut ticks = tokio::time::interval(Duration::from_millis(500));
     loop {
         ticks.tick().await;
-        let now = crate::store::identity::usable(&path).err();
-        if let Some(user) = server_user.as_ref().filter(|_| now.is_none())
-            && !account::owns(user, &path)
-        {
-            let text = match account::make_database_theirs(user, &path) {
-                Ok(()) => format!("database {}: made {}'s", path.display(), user.name),
-                Err(e) => format!(
-                    "database {}: cannot make it {}'s: {e}",
+        let usable = crate::store::identity::usable(&path);
+        if let (Some(user), Ok(identity)) = (&server_user, usable) {
+            let text = match companions.prepare(user, &path, identity) {
+                Ok(false) => None,
+                Ok(true) => Some(format!("database {}: made {}'s", path.display(), user.name)),
+                Err(e) => Some(format!(
+                    "database {}: cannot prepare it for {}: {e}",
                     path.display(),
                     user.name
-                ),
+                )),
             };
-            if last_handover.as_ref() != Some(&text) {
+            if let Some(text) = text.filter(|t| last_handover.as_ref() != Some(t)) {
                 output::line("supervisor", &text);
                 last_handover = Some(text);
             }
         }
+        let now = usable.err();
         if now != trouble {
             let text = match now {
                 Some(cause) => format!(

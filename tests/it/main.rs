@@ -7,6 +7,7 @@ mod concurrency;
 mod foreman;
 mod hardening;
 mod operations;
+mod run_script;
 mod startup;
 mod static_files;
 mod static_security;
