@@ -41,6 +41,12 @@ fn the_stack_serves_the_page_and_the_api_and_announces_every_process() {
     assert_eq!(images.len(), 3);
     let svg = client().get(stack.url("/images/cat.svg")).send().unwrap();
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    // state.json is written off the event loop: it may trail the log line.
+    wait_until(Duration::from_secs(5), "state.json to say running", || {
+        ["static", "api-1", "api-2", "api-3", "nginx"]
+            .iter()
+            .all(|name| stack.child(name)["state"] == "running")
+    });
     let output = stack.proc.output.text();
     for name in ["static", "api-1", "api-2", "api-3", "nginx"] {
         let child = stack.child(name);
