@@ -148,6 +148,8 @@ pub enum Action {
         message: String,
     },
     Log(String),
+    /// Tell a service manager (systemd's `NOTIFY_SOCKET`) how the stack is.
+    Notify(ServiceState),
     Schedule {
         after: Duration,
         timer: Timer,
@@ -158,6 +160,15 @@ pub enum Action {
         result: Result<(), String>,
         notify: Vec<ReplyTo>,
     },
+}
+
+/// What a service manager is told ([`Action::Notify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// The front door answers: the stack is up (`READY=1`).
+    Ready,
+    /// The stack is stopping (`STOPPING=1`).
+    Stopping,
 }
 
 /// The fixed settings of a core.
@@ -1628,6 +1639,7 @@ impl Core {
             "gallery is up: open {}",
             self.settings.front_url
         )));
+        out.push(Action::Notify(ServiceState::Ready));
     }
 
     fn begin_stop(
@@ -1670,6 +1682,7 @@ impl Core {
         for slot in &mut self.slots {
             slot.restart_timer = None;
         }
+        out.push(Action::Notify(ServiceState::Stopping));
         self.mode = Mode::Stopping {
             servers_signalled: false,
             forced: false,

@@ -64,6 +64,7 @@ struct Sim {
     nginx: Vec<(u64, Vec<u16>, Option<u32>)>,
     replies: Vec<(ReplyTo, bool, String)>,
     logs: Vec<String>,
+    notified: Vec<ServiceState>,
     written: Option<StackState>,
     exit: Option<(Result<(), String>, Vec<ReplyTo>)>,
     /// Every action of the last step.
@@ -85,6 +86,7 @@ impl Sim {
             nginx: Vec::new(),
             replies: Vec::new(),
             logs: Vec::new(),
+            notified: Vec::new(),
             written: None,
             exit: None,
             last: Vec::new(),
@@ -164,6 +166,7 @@ impl Sim {
             Action::WriteState(state) => self.written = Some(state.clone()),
             Action::Reply { to, ok, message } => self.replies.push((*to, *ok, message.clone())),
             Action::Log(line) => self.logs.push(line.clone()),
+            Action::Notify(state) => self.notified.push(*state),
             Action::Schedule { after, timer } => {
                 self.timers.push((self.now + *after, timer.clone()))
             }
@@ -346,7 +349,9 @@ fn start_runs_the_servers_then_nginx_then_announces() {
     assert_eq!(sim.nginx[0].2, None, "first config: no reload");
     sim.answer_nginx(Ok(()));
     assert_eq!(sim.spawned(), ["nginx"]);
+    assert!(sim.notified.is_empty(), "not ready before the front door");
     sim.ready("nginx");
+    assert_eq!(sim.notified, [ServiceState::Ready]);
     let up = sim
         .logs
         .iter()
@@ -530,6 +535,7 @@ fn stop_goes_nginx_first_then_the_servers_then_exits() {
     let mut sim = Sim::up(2);
     let nginx = sim.pid("nginx").unwrap();
     sim.send(Event::StopSignal("SIGTERM".into()));
+    assert_eq!(sim.notified, [ServiceState::Ready, ServiceState::Stopping]);
     assert_eq!(sim.signals_sent(), [(nginx, Signal::SIGQUIT)]);
     for name in ["static", "api-1", "nginx"] {
         assert_eq!(sim.state_of(name), Phase::Stopping);

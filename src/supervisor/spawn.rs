@@ -56,7 +56,9 @@ pub fn spawn(launch: &Launch) -> std::io::Result<tokio::process::Child> {
         .process_group(0)
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES");
+        .env_remove("LISTEN_FDNAMES")
+        // systemd's socket is the supervisor's to notify, not its children's.
+        .env_remove("NOTIFY_SOCKET");
     if launch.listen_fd.is_some() {
         command.env("LISTEN_FDS", "1");
     }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::account::{self, ServerUser};
 use super::control::{self, Incoming, Response};
-use super::core::{Action, Command, Core, Event, ProcId, ReplyTo};
+use super::core::{Action, Command, Core, Event, ProcId, ReplyTo, ServiceState};
 use super::spawn::{self, Launch};
 use super::state::{self, StackState};
 use super::{output, probe};
@@ -391,6 +391,19 @@ impl Executor {
             }
             Action::Log(text) => {
                 output::line("supervisor", &text);
+                Outcome::Nothing
+            }
+            Action::Notify(service_state) => {
+                let message = match service_state {
+                    ServiceState::Ready => sd_notify::NotifyState::Ready,
+                    ServiceState::Stopping => sd_notify::NotifyState::Stopping,
+                };
+                if let Err(e) = sd_notify::notify(&[message]) {
+                    output::line(
+                        "supervisor",
+                        &format!("cannot notify the service manager: {e}"),
+                    );
+                }
                 Outcome::Nothing
             }
             Action::Schedule { after, timer } => {

@@ -8,6 +8,7 @@ mod foreman;
 mod hardening;
 mod operations;
 mod run_script;
+mod service;
 mod startup;
 mod static_files;
 mod static_security;
