@@ -6,8 +6,13 @@
 // Content-Security-Policy (connect-src: this origin, plus each
 // `static-server --api-origin`). A ?api= origin the policy does not allow
 // is refused by the browser before any request leaves; the page hears of
-// it through the `securitypolicyviolation` event and says so, rather than
-// the generic "Something went wrong.".
+// it through the `securitypolicyviolation` event and says so.
+//
+// Every other failure is named too, in words a visitor can act on: an API
+// that cannot be reached, one that refuses this page's origin (CORS), one
+// that answers with an error status, and this page opened on the static
+// server itself, whose /api is nothing but 404s. An image that cannot be
+// loaded is replaced by a placeholder from this page's own origin.
 (function () {
   'use strict';
 
@@ -20,6 +25,10 @@
   // Wait before that retry, unless a readable Retry-After (at most 5 s)
   // says otherwise.
   var RETRY_DELAY_MS = 500;
+  // Shown instead of an image that cannot be loaded: a file of this page's
+  // own origin, so the policy's img-src 'self' allows it and it loads
+  // wherever the page does (no data: URL: the policy refuses those).
+  var PLACEHOLDER = '/images/placeholder.svg';
 
   // Where the API lives: ?api=ORIGIN, else <meta name="gallery-api">, else
   // this origin's /api (behind nginx).
@@ -53,10 +62,56 @@
   // The message to show once the browser has refused to connect to the API.
   var refusal = null;
 
-  document.getElementById('api-base').textContent = API;
+  document.getElementById('api-base').textContent =
+    API_ORIGIN === window.location.origin ? 'this site' : API;
 
-  function setStatus(text) {
-    status.textContent = text;
+  // Shows `text` in `element`, styled as `kind` ('error', 'success' or none).
+  function show(element, text, kind) {
+    element.textContent = text;
+    element.classList.toggle('is-error', kind === 'error');
+    element.classList.toggle('is-success', kind === 'success');
+  }
+
+  function setStatus(text, kind) {
+    show(status, text, kind);
+  }
+
+  // A failure already put in words for the visitor.
+  function Problem(message) {
+    this.message = message;
+  }
+
+  // What an error status from the API means to the visitor.
+  function statusProblem(response) {
+    if (response.status === 404 && API_ORIGIN === window.location.origin) {
+      return new Problem('There is no gallery API at this address: this page was opened on ' +
+        'its file server directly. Open the gallery through its front door (the address ' +
+        'gallery-supervisor prints, such as http://127.0.0.1:8080/), or add ' +
+        '?api=http://HOST:PORT to this page’s address to name the API.');
+    }
+    if (response.status >= 500) {
+      return new Problem('The server had a problem (' + response.status + ').');
+    }
+    return new Problem('The API at ' + API_ORIGIN + ' did not accept the request (' +
+      response.status + ').');
+  }
+
+  // Puts a failed request into words. fetch rejects with a TypeError both
+  // when nothing answers and when the answer does not allow this page's
+  // origin (CORS), and says no more; a `no-cors` request for the same URL
+  // tells the two apart, as it resolves (with an opaque response) whenever
+  // a server answered at all.
+  function diagnose(error) {
+    if (error instanceof Problem) return Promise.resolve(error.message);
+    if (!(error instanceof TypeError)) {
+      return Promise.resolve('The API at ' + API_ORIGIN + ' sent an answer this page cannot read.');
+    }
+    return fetch(API + '/images.json?limit=1', { mode: 'no-cors', cache: 'no-store' })
+      .then(function () {
+        return 'The API at ' + API_ORIGIN + ' refused this page’s origin (CORS).';
+      }, function () {
+        return 'The API at ' + API_ORIGIN + ' could not be reached.';
+      });
   }
 
   document.addEventListener('securitypolicyviolation', function (event) {
@@ -68,7 +123,7 @@
       ' (start static-server with --api-origin ' + API_ORIGIN + ').';
     // The event may come before or after the refused fetch settles; either
     // way this message is the one left standing.
-    setStatus(refusal);
+    setStatus(refusal, 'error');
     loadMore.hidden = true;
   });
 
@@ -81,6 +136,12 @@
     img.setAttribute('src', String(image.url));
     img.setAttribute('alt', String(image.alt_text));
     img.setAttribute('loading', 'lazy');
+    img.addEventListener('error', function broken() {
+      img.removeEventListener('error', broken);
+      figure.classList.add('is-broken');
+      img.setAttribute('data-failed-src', String(image.url));
+      img.setAttribute('src', PLACEHOLDER);
+    });
 
     var caption = document.createElement('figcaption');
     var title = document.createElement('h2');
@@ -118,7 +179,7 @@
     var query = '?limit=' + PAGE_SIZE + (after > 0 ? '&after=' + after : '');
     return fetch(API + '/images.json' + query, { headers: { Accept: 'application/json' } })
       .then(function (response) {
-        if (!response.ok) throw new Error('HTTP ' + response.status);
+        if (!response.ok) throw statusProblem(response);
         return response.json();
       })
       .then(function (images) {
@@ -137,8 +198,11 @@
       });
   }
 
-  function failed() {
-    setStatus(refusal || 'Something went wrong.');
+  function failed(error) {
+    return diagnose(error).then(function (message) {
+      // A refusal by the policy, whenever its event came, has the last word.
+      setStatus(refusal || message, 'error');
+    });
   }
 
   function load() {
@@ -158,12 +222,61 @@
       .then(function () { loadMore.disabled = false; });
   });
 
+  // The form's field called `name` in the API's messages, by its label.
+  function fieldLabel(name) {
+    var label = form.querySelector('label[for="' + name + '"]');
+    return label && label.firstChild ? label.firstChild.textContent.trim() : name;
+  }
+
+  function capitalized(text) {
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  // The API's error answer as {message, field}: the field its message names
+  // (`url` must be…) marked, and called by its label rather than its JSON
+  // name; no developer quoting left in the text.
   function errorText(response) {
     return response.json()
-      .then(function (body) { return body && typeof body.error === 'string' ? body.error : null; })
+      .then(function (body) { return body && typeof body.error === 'string' ? body : null; })
       .catch(function () { return null; })
-      .then(function (message) { return message || 'Something went wrong.'; });
+      .then(function (body) {
+        if (!body) return { message: statusProblem(response).message, field: null };
+        var message = body.error;
+        var named = /`([a-z_]+)`/.exec(message) || /^([a-z_]+) /.exec(message);
+        var field = typeof body.field === 'string' ? body.field : named && named[1];
+        if (!field || !form.elements.namedItem(field)) field = null;
+        if (field) {
+          message = message.split('`' + field + '`').join(fieldLabel(field));
+          if (message.indexOf(field + ' ') === 0) {
+            message = fieldLabel(field) + message.slice(field.length);
+          }
+        }
+        message = message.replace(/`/g, '');
+        if (response.status >= 500) {
+          message = statusProblem(response).message.replace(/\.$/, ': ') + message;
+        }
+        return { message: capitalized(message), field: field };
+      });
   }
+
+  // Marks the form field called `name` as the one to fix (or none).
+  function markField(name) {
+    Array.prototype.forEach.call(form.querySelectorAll('input'), function (input) {
+      if (input.name === name) {
+        input.setAttribute('aria-invalid', 'true');
+        input.setAttribute('aria-describedby', 'form-message');
+      } else {
+        input.removeAttribute('aria-invalid');
+        input.removeAttribute('aria-describedby');
+      }
+    });
+  }
+
+  form.addEventListener('input', function (event) {
+    if (event.target.getAttribute('aria-invalid') === 'true') {
+      event.target.removeAttribute('aria-invalid');
+    }
+  });
 
   // A fresh random key per submission (crypto.randomUUID needs a secure
   // context; getRandomValues works on plain http too).
@@ -198,7 +311,7 @@
     });
     if (retries === 0) return sent;
     var again = function (delay) {
-      formMessage.textContent = 'Adding… (trying again)';
+      show(formMessage, 'Adding… (trying again)');
       return later(delay).then(function () { return post(body, key, retries - 1); });
     };
     return sent.then(function (response) {
@@ -218,21 +331,28 @@
       url: String(data.get('url') || '')
     };
     submit.disabled = true;
-    formMessage.textContent = 'Adding…';
+    markField(null);
+    show(formMessage, 'Adding…');
     post(JSON.stringify(image), idempotencyKey(), 1)
       .then(function (response) {
         if (!response.ok) {
-          return errorText(response).then(function (message) { formMessage.textContent = message; });
+          return errorText(response).then(function (error) {
+            show(formMessage, error.message, 'error');
+            markField(error.field);
+            if (error.field) form.elements.namedItem(error.field).focus();
+          });
         }
         return response.json().then(function (stored) {
           place(stored);
           if (status.textContent === 'No images available.') setStatus('');
           form.reset();
-          formMessage.textContent = 'Added “' + stored.title + '”.';
+          show(formMessage, 'Added “' + stored.title + '”.', 'success');
         });
       })
-      .catch(function () {
-        formMessage.textContent = refusal || 'Something went wrong.';
+      .catch(function (error) {
+        return diagnose(error).then(function (message) {
+          show(formMessage, refusal || message, 'error');
+        });
       })
       .then(function () {
         submit.disabled = false;

@@ -4,6 +4,10 @@
 //! without a reload, pages through more than 50 images, retries a failed
 //! POST under the same `Idempotency-Key`, and runs under the page's
 //! Content-Security-Policy, which refuses an API origin it does not name.
+//! When something fails the page says what: an unreachable API, one that
+//! refuses the page's origin, a server error with its status, the page
+//! opened on the static server without `?api=`, a form field to fix; and an
+//! image that cannot be loaded gives way to a placeholder.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -203,6 +207,11 @@ fn page_renders_seeded_images_from_another_origin_and_adds_one_through_the_form(
     let message = wait_for(Duration::from_secs(20), "the form message", || {
         Some(browser.text(&browser.find("#form-message"))).filter(|m| m.starts_with("Added"))
     });
+    assert_eq!(
+        message_kind(browser, "#form-message"),
+        "success",
+        "{message}"
+    );
 
     // The API stored it.
     let response = client().get(api.url("/images.json")).send().unwrap();
@@ -228,21 +237,83 @@ fn page_renders_seeded_images_from_another_origin_and_adds_one_through_the_form(
     );
 }
 
+/// How `css` is styled: `error`, `success` or `plain`.
+fn message_kind(browser: &Browser, css: &str) -> &'static str {
+    let classes = browser.execute(
+        "return document.querySelector(arguments[0]).className;",
+        &[json!(css)],
+    );
+    let classes = classes.as_str().unwrap_or_default();
+    match (classes.contains("is-error"), classes.contains("is-success")) {
+        (true, false) => "error",
+        (false, true) => "success",
+        (false, false) => "plain",
+        (true, true) => panic!("{css} is styled both as an error and a success: {classes}"),
+    }
+}
+
+/// The form fields marked invalid, and whether each shows it (a border
+/// unlike an unmarked field's).
+const INVALID_FIELDS: &str = "const plain = getComputedStyle(document.querySelector(
+         '#add-form input:not([aria-invalid=\"true\"])')).borderTopColor;
+     return [...document.querySelectorAll('#add-form input[aria-invalid=\"true\"]')]
+         .map(input => [input.id, getComputedStyle(input).borderTopColor !== plain]);";
+
 #[test]
-fn page_reports_validation_errors_and_api_failures() {
+fn a_refused_field_is_marked_and_its_error_styled_as_one() {
     let gallery = Gallery::open();
     let browser = &gallery.browser;
+    assert_eq!(browser.execute(INVALID_FIELDS, &[]), json!([]));
 
     browser.send_keys(&browser.find("#title"), "Bad");
     browser.send_keys(&browser.find("#url"), "javascript:alert(1)");
     browser.click(&browser.find("#add-submit"));
     let message = wait_for(Duration::from_secs(10), "the API's error message", || {
-        Some(browser.text(&browser.find("#form-message"))).filter(|m| m.contains("url"))
+        Some(browser.text(&browser.find("#form-message"))).filter(|m| m.contains("must"))
     });
-    assert!(message.contains("absolute http(s) URL"), "{message}");
+    // The API's rule, the field called by its label, no developer quoting.
+    assert_eq!(
+        message,
+        "Image address must be an absolute http(s) URL or a site path starting with a single /"
+    );
+    assert_eq!(message_kind(browser, "#form-message"), "error");
+    assert_eq!(browser.execute(INVALID_FIELDS, &[]), json!([["url", true]]));
+    assert_eq!(
+        browser.execute("return document.activeElement.id;", &[]),
+        json!("url")
+    );
     assert_eq!(browser.find_all(".card").len(), 3);
 
-    // An empty gallery: "No images available."
+    // An empty title is the API's to refuse too, and marks the title only.
+    browser.execute(
+        "document.querySelector('#title').value = ''; return null;",
+        &[],
+    );
+    browser.click(&browser.find("#add-submit"));
+    let message = wait_for(Duration::from_secs(10), "the title's error", || {
+        Some(browser.text(&browser.find("#form-message"))).filter(|m| m.starts_with("Title"))
+    });
+    assert!(!message.contains('`'), "{message}");
+    assert_eq!(
+        browser.execute(INVALID_FIELDS, &[]),
+        json!([["title", true]])
+    );
+
+    // Typing in the field clears its mark; a good image is a success.
+    browser.send_keys(&browser.find("#title"), "Good");
+    assert_eq!(browser.execute(INVALID_FIELDS, &[]), json!([]));
+    browser.execute(
+        "document.querySelector('#url').value = '/images/cat.svg'; return null;",
+        &[],
+    );
+    browser.click(&browser.find("#add-submit"));
+    wait_until(Duration::from_secs(10), "the success message", || {
+        browser.text(&browser.find("#form-message")) == "Added “Good”."
+    });
+    assert_eq!(message_kind(browser, "#form-message"), "success");
+    assert_eq!(browser.execute(INVALID_FIELDS, &[]), json!([]));
+
+    // An empty gallery: "No images available.", not styled as an error.
     rusqlite::Connection::open(&gallery.db)
         .unwrap()
         .execute_batch("DELETE FROM images")
@@ -251,28 +322,214 @@ fn page_reports_validation_errors_and_api_failures() {
     wait_until(Duration::from_secs(20), "the empty-gallery message", || {
         browser.text(&browser.find("#status")) == "No images available."
     });
+    assert_eq!(message_kind(browser, "#status"), "plain");
     assert!(browser.find_all(".card").is_empty());
+}
 
-    // An allowed API origin with nothing there: "Something went wrong."
-    gallery.load_page(gallery.dead_port);
-    wait_until(Duration::from_secs(20), "the failure message", || {
-        browser.text(&browser.find("#status")) == "Something went wrong."
+/// The page's status once it has settled.
+fn settled_status(browser: &Browser) -> String {
+    wait_for(Duration::from_secs(20), "the status to settle", || {
+        Some(browser.text(&browser.find("#status"))).filter(|s| s != "Loading images…")
+    })
+}
+
+#[test]
+fn page_names_each_way_the_api_can_fail() {
+    // An API that allows another origin than the page's, one whose
+    // database file is gone (503 to everything), and nothing at all; the
+    // page's policy allows all three.
+    let (_dir, db) = temp_db();
+    let refusing = ApiServer::start(
+        &db,
+        "api-refusing",
+        &["--cors-origin", "http://example.com"],
+    );
+    let (_broken_dir, broken_db) = temp_db();
+    let broken = ApiServer::start(&broken_db, "api-broken", &[]);
+    let dead_port = free_port();
+    let site = start_site(&[
+        origin(refusing.port),
+        origin(broken.port),
+        origin(dead_port),
+    ]);
+    let browser = start_browser();
+    let open = |api_port: u16| {
+        browser.navigate(&site.url(&format!("/?api={}", origin(api_port))));
+        let status = settled_status(&browser);
+        assert_eq!(message_kind(&browser, "#status"), "error", "{status}");
+        status
+    };
+
+    assert_eq!(
+        open(dead_port),
+        format!("The API at {} could not be reached.", origin(dead_port))
+    );
+    // The form says the same of its POST (after its one retry).
+    browser.send_keys(&browser.find("#title"), "Nowhere");
+    browser.send_keys(&browser.find("#url"), "/images/cat.svg");
+    browser.click(&browser.find("#add-submit"));
+    let message = wait_for(Duration::from_secs(20), "the form's failure", || {
+        Some(browser.text(&browser.find("#form-message"))).filter(|m| !m.starts_with("Adding"))
     });
+    assert_eq!(
+        message,
+        format!("The API at {} could not be reached.", origin(dead_port))
+    );
+    assert_eq!(message_kind(&browser, "#form-message"), "error");
+
+    // The refusing API is up and answers (the probe reaches it), but not
+    // for this origin.
+    let answered = client()
+        .get(refusing.url("/images.json"))
+        .header("Origin", site.url(""))
+        .send()
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    assert!(
+        answered
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert_eq!(
+        open(refusing.port),
+        format!(
+            "The API at {} refused this page’s origin (CORS).",
+            origin(refusing.port)
+        )
+    );
+
+    for file in ["gallery.db", "gallery.db-wal", "gallery.db-shm"] {
+        let _ = std::fs::remove_file(broken_db.with_file_name(file));
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the broken API to answer 503",
+        || {
+            client()
+                .get(broken.url("/images.json"))
+                .send()
+                .is_ok_and(|r| r.status() == 503)
+        },
+    );
+    assert_eq!(open(broken.port), "The server had a problem (503).");
+
+    // The page opened on the static server itself, without ?api=: its /api
+    // is the static server's 404.
+    browser.navigate(&site.url("/"));
+    let status = settled_status(&browser);
+    assert!(
+        status.starts_with("There is no gallery API at this address")
+            && status.contains("front door")
+            && status.contains("?api="),
+        "{status}"
+    );
+    assert_eq!(message_kind(&browser, "#status"), "error");
+    assert_eq!(violations(&browser), json!([]));
+}
+
+#[test]
+fn an_image_that_cannot_be_loaded_gives_way_to_the_placeholder() {
+    let gallery = Gallery::open();
+    let (browser, api) = (&gallery.browser, &gallery.api);
+    // An address nothing answers at (the README's Unsplash image fares the
+    // same offline), and a missing file on the page's own server.
+    let unreachable = format!("{}/photo.jpg", origin(gallery.dead_port));
+    for url in [unreachable.as_str(), "/images/missing.svg"] {
+        let response = client()
+            .post(api.url("/images.json"))
+            .body(json!({"title": url, "alt_text": "gone", "url": url}).to_string())
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    gallery.load_page(api.port);
+    wait_until(Duration::from_secs(20), "five cards", || {
+        browser.find_all("#gallery figure.card").len() == 5
+    });
+    browser.execute(
+        "document.querySelector('#gallery figure.card:last-of-type').scrollIntoView(); return null;",
+        &[],
+    );
+    wait_until(Duration::from_secs(20), "every image to load", || {
+        browser.execute(IMAGES_LOADED, &[]) == json!(true)
+    });
+    let shown = browser.execute(
+        "return [...document.querySelectorAll('#gallery figure.card')].map(card => {
+             const img = card.querySelector('img');
+             return [img.getAttribute('src'), img.getAttribute('data-failed-src'),
+                     card.classList.contains('is-broken')];
+         });",
+        &[],
+    );
+    assert_eq!(
+        shown,
+        json!([
+            ["/images/sunset.svg", null, false],
+            ["/images/mountain.svg", null, false],
+            ["/images/cat.svg", null, false],
+            ["/images/placeholder.svg", unreachable, true],
+            ["/images/placeholder.svg", "/images/missing.svg", true],
+        ])
+    );
+    // The placeholder stands in for the picture: its description stays.
+    assert_eq!(
+        browser.execute(
+            "return [...document.querySelectorAll('#gallery .is-broken img')].map(img => img.alt);",
+            &[]
+        ),
+        json!(["gone", "gone"])
+    );
+    assert_eq!(violations(browser), json!([]));
 }
 
 #[test]
 fn page_through_the_front_door_uses_its_own_origin_api() {
     let stack = crate::helpers::supervisor::Supervisor::start(&["--api-workers", "2"]);
-    let browser = start_browser();
+    let browser = Browser::start_recording_network();
+    browser.on_new_document(RECORD_VIOLATIONS);
+    // Only this page's requests count, not the browser's own at start-up.
+    browser.responses();
     browser.navigate(&stack.url("/"));
     wait_until(Duration::from_secs(20), "three cards", || {
         browser.find_all(".card").len() == 3
     });
     assert_eq!(titles(&browser), ["Sunset", "Mountain", "Cat"]);
-    assert_eq!(browser.text(&browser.find("#api-base")), "/api");
+    assert_eq!(browser.text(&browser.find("#api-base")), "this site");
     wait_until(Duration::from_secs(20), "the SVG images to load", || {
         browser.execute(IMAGES_LOADED, &[]) == json!(true)
     });
+    // A plain load asks for nothing that is not there: page, style,
+    // script, the icon it links (no /favicon.ico), the API, the images.
+    let responses = browser.responses();
+    let paths: Vec<String> = responses
+        .iter()
+        .map(|(url, _)| url.trim_start_matches(&stack.url("")).to_string())
+        .collect();
+    for expected in ["/", "/style.css", "/script.js", "/api/images.json?limit=50"] {
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "{expected}: {responses:?}"
+        );
+    }
+    // (Only the stack's own: the browser may try some address of its own.)
+    let failed: Vec<_> = responses
+        .iter()
+        .filter(|(url, status)| url.starts_with(&stack.url("/")) && !(200..400).contains(status))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests on a plain load: {failed:?}"
+    );
+    let output = stack.proc.output.text();
+    let not_found: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains(" 404 ") || line.contains("\" 404 "))
+        .collect();
+    assert!(
+        not_found.is_empty(),
+        "404s in the stack's log: {not_found:?}"
+    );
     // The policy (nginx passes the static server's headers through) allows
     // the page's own origin's /api.
     assert_eq!(violations(&browser), json!([]));
@@ -597,6 +854,28 @@ fn load_more_appears_past_fifty_images_and_loads_the_next_page() {
     });
     assert_eq!(ids(browser), json!((1..=50).collect::<Vec<_>>()));
     assert_eq!(requests(browser), json!(["?limit=50"]));
+    // Fifty cards, and the whole form is still in view without scrolling,
+    // on a laptop and on a phone, where nothing is wider than the screen.
+    for (width, height) in [(1280, 900), (390, 844)] {
+        browser.set_window_size(width, height);
+        let layout = browser.execute(
+            "window.scrollTo(0, 0);
+             const form = document.querySelector('#add-form').getBoundingClientRect();
+             return {top: form.top, bottom: form.bottom, height: window.innerHeight,
+                     width: window.innerWidth,
+                     scrollWidth: document.documentElement.scrollWidth};",
+            &[],
+        );
+        assert!(
+            layout["top"].as_f64() >= Some(0.0)
+                && layout["bottom"].as_f64() <= layout["height"].as_f64(),
+            "{width}x{height}: the form is out of view: {layout}"
+        );
+        assert!(
+            layout["scrollWidth"].as_f64() <= layout["width"].as_f64(),
+            "{width}x{height}: wider than the window: {layout}"
+        );
+    }
 
     // An image added through the form while a page is still to come shows
     // at once, and only once after that page arrives.
@@ -673,7 +952,11 @@ fn a_failed_post_is_retried_once_with_the_same_idempotency_key() {
 
     submit("Never");
     let message = form_message("the give-up message", &|m| !m.starts_with("Adding"));
-    assert_eq!(message, "the API is unavailable");
+    assert_eq!(
+        message,
+        "The server had a problem (502): the API is unavailable"
+    );
+    assert_eq!(message_kind(&browser, "#form-message"), "error");
     assert_eq!(browser.find_all(".card").len(), 2);
 
     let posts = api.posts();

@@ -1,8 +1,9 @@
 //! A minimal W3C WebDriver client (blocking reqwest + serde_json) driving
 //! Debian's headless Chromium through `chromedriver`: just what the browser
 //! tests need — navigate, find, read text, type, click, run a script, plus
-//! two chromedriver extensions: the browser's console log, and a script
-//! run at the start of every new document (before the page's own).
+//! three chromedriver extensions: the browser's console log, its network
+//! log (every response's URL and status), and a script run at the start of
+//! every new document (before the page's own).
 //!
 //! `chromedriver --port=0` picks a free port and reports it ("ChromeDriver
 //! was started successfully on port N."), so tests never race for ports.
@@ -58,6 +59,15 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium session.
     pub fn start() -> Browser {
+        Browser::launch(false)
+    }
+
+    /// [`Browser::start`], keeping a network log for [`Browser::responses`].
+    pub fn start_recording_network() -> Browser {
+        Browser::launch(true)
+    }
+
+    fn launch(network_log: bool) -> Browser {
         let driver_path = find_program(&["chromedriver"])
             .unwrap_or_else(|| panic!("chromedriver not found on PATH: {INSTALL}"));
         let chromium = find_program(&["chromium", "chromium-browser"])
@@ -93,11 +103,17 @@ impl Browser {
         });
 
         let profile = tempfile::tempdir().unwrap();
+        // Keeps the console (and the browser's own messages, such as CSP
+        // refusals) for `console_log`; with `network_log`, DevTools' network
+        // events too, for `responses`.
+        let logging = if network_log {
+            json!({"browser": "ALL", "performance": "ALL"})
+        } else {
+            json!({"browser": "ALL"})
+        };
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            // Keeps the console (and the browser's own messages, such as
-            // CSP refusals) for `console_log`.
-            "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:loggingPrefs": logging,
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
@@ -147,6 +163,15 @@ impl Browser {
     /// Opens `url` and waits for the page to load.
     pub fn navigate(&self, url: &str) {
         self.call(Method::POST, "/url", Some(json!({ "url": url })));
+    }
+
+    /// Resizes the browser's window (the viewport is a little smaller).
+    pub fn set_window_size(&self, width: u32, height: u32) {
+        self.call(
+            Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        );
     }
 
     /// Element ids matching a CSS selector, in document order.
@@ -238,6 +263,50 @@ impl Browser {
                 message: entry["message"].as_str().unwrap_or_default().to_string(),
             })
             .collect()
+    }
+
+    /// The responses the browser received since the last call (a session
+    /// started with [`Browser::start_recording_network`]): each URL with its
+    /// HTTP status, in order, and each request that got no response at all
+    /// with status 0.
+    pub fn responses(&self) -> Vec<(String, u16)> {
+        let entries = self.call(
+            Method::POST,
+            "/se/log",
+            Some(json!({"type": "performance"})),
+        );
+        let entries = entries
+            .as_array()
+            .unwrap_or_else(|| panic!("WebDriver performance log: not a list: {entries}"));
+        let mut urls = std::collections::HashMap::new();
+        let mut responses = Vec::new();
+        for entry in entries {
+            // Each entry's message is itself JSON: a DevTools event.
+            let event: Value = serde_json::from_str(entry["message"].as_str().unwrap_or_default())
+                .unwrap_or_default();
+            let params = &event["message"]["params"];
+            let id = params["requestId"].as_str().unwrap_or_default().to_string();
+            match event["message"]["method"].as_str() {
+                Some("Network.requestWillBeSent") => {
+                    let url = params["request"]["url"].as_str().unwrap_or_default();
+                    urls.insert(id, url.to_string());
+                }
+                Some("Network.responseReceived") => responses.push((
+                    params["response"]["url"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    params["response"]["status"].as_u64().unwrap_or(0) as u16,
+                )),
+                Some("Network.loadingFailed") => {
+                    let url = urls.get(&id).cloned().unwrap_or(id);
+                    let why = params["errorText"].as_str().unwrap_or_default();
+                    responses.push((format!("{url} ({why}; {params})"), 0))
+                }
+                _ => {}
+            }
+        }
+        responses
     }
 
     /// Runs `source` at the start of every document loaded from now on,
