@@ -309,11 +309,12 @@ impl tokio::io::AsyncWrite for FirstBytes {
     }
 }
 
-/// Sets up logging to stderr; `RUST_LOG` overrides the default `info`.
-pub fn init_logging() {
+/// Sets up logging to stderr at `level` (`--log-level`); `RUST_LOG`, when
+/// set, overrides it.
+pub fn init_logging(level: crate::cli::LogLevel) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.to_string()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

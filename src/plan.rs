@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::StackArgs;
+use crate::cli::PlanArgs;
 
 /// What a child is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +44,7 @@ pub fn api_name(k: usize) -> String {
 
 impl Plan {
     /// The plan the flags ask for.
-    pub fn from_args(args: &StackArgs) -> anyhow::Result<Plan> {
+    pub fn from_args(args: &PlanArgs) -> anyhow::Result<Plan> {
         let workers = args.api_workers;
         let api_ports = if args.api_base_port == 0 {
             vec![0; usize::from(workers)]
@@ -112,7 +112,7 @@ mod tests {
     fn plan(args: &[&str]) -> anyhow::Result<Plan> {
         let mut argv = vec!["gallery-supervisor"];
         argv.extend(args);
-        Plan::from_args(&crate::cli::SupervisorArgs::parse_from(argv).stack)
+        Plan::from_args(&crate::cli::SupervisorArgs::parse_from(argv).stack.plan)
     }
 
     #[test]

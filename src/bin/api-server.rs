@@ -1,10 +1,10 @@
 //! `api-server`: one API worker (`api-server --port 8081`).
 
-use clap::Parser;
-use gallery::cli::ApiServerArgs;
+use gallery::cli::{ApiServerArgs, Invocation};
 
 fn main() -> std::process::ExitCode {
-    let args = ApiServerArgs::parse();
-    gallery::http::init_logging();
-    gallery::exit_with(gallery::api::run(args))
+    let cli = Invocation::<ApiServerArgs>::parse();
+    gallery::http::init_logging(cli.log_level);
+    let result = gallery::api::run(cli.args.clone());
+    gallery::exit_with(result.map_err(|e| cli.name_the_flag(e)))
 }

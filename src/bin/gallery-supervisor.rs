@@ -1,9 +1,9 @@
 //! `gallery-supervisor`: runs the whole stack (`gallery-supervisor --api-workers 3`).
 
-use clap::Parser;
-use gallery::cli::SupervisorArgs;
+use gallery::cli::{Invocation, SupervisorArgs};
 
 fn main() -> std::process::ExitCode {
-    let args = SupervisorArgs::parse();
-    gallery::exit_with(gallery::supervisor::main(args))
+    gallery::exit_with(gallery::supervisor::main(
+        Invocation::<SupervisorArgs>::parse(),
+    ))
 }

@@ -1,10 +1,15 @@
-//! `static-server`: serves the gallery page (`static-server --path assets --port 8082`).
+//! `static-server`: serves the gallery page (`static-server --assets assets --port 8082`).
 
-use clap::Parser;
-use gallery::cli::StaticServerArgs;
+use gallery::cli::{Invocation, StaticServerArgs};
 
 fn main() -> std::process::ExitCode {
-    let args = StaticServerArgs::parse();
-    gallery::http::init_logging();
-    gallery::exit_with(gallery::static_files::run(args))
+    let cli = Invocation::<StaticServerArgs>::parse();
+    gallery::http::init_logging(cli.log_level);
+    let assets = &cli.args.path;
+    if !assets.is_dir() {
+        let error = anyhow::anyhow!("assets directory {} does not exist", assets.display());
+        return gallery::exit_with(Err(error.context("--assets")));
+    }
+    let result = gallery::static_files::run(cli.args.clone());
+    gallery::exit_with(result.map_err(|e| cli.name_the_flag(e)))
 }

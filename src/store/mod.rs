@@ -78,13 +78,12 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum StoreError {
     #[error("{} is not an SQLite database (or is corrupt)", .path.display())]
     NotADatabase { path: PathBuf },
-    #[error(
-        "cannot open database {}: {source} (does the directory exist and is it writable?)",
-        .path.display()
-    )]
+    /// One line: the path once and SQLite's reason in brief, not the
+    /// error's chain (which repeats the path and the reason).
+    #[error("cannot open database {}: {}", .path.display(), cannot_open_reason(.path, .cause))]
     CannotOpen {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     #[error(
         "database schema version {found} is newer than this build understands ({supported}); upgrade gallery"
@@ -104,6 +103,26 @@ impl StoreError {
     pub fn is_busy(&self) -> bool {
         matches!(self, StoreError::Busy(_) | StoreError::Unavailable(_))
     }
+}
+
+/// Why a file could not be opened, said once: a missing directory by
+/// name, else SQLite's reason without the path it appends.
+fn cannot_open_reason(path: &Path, cause: &rusqlite::Error) -> String {
+    let directory = match path.parent() {
+        Some(dir) if dir.as_os_str().is_empty() => Path::new("."),
+        Some(dir) => dir,
+        None => Path::new("/"),
+    };
+    if !directory.is_dir() {
+        return format!("its directory {} does not exist", directory.display());
+    }
+    let reason = match cause {
+        rusqlite::Error::SqliteFailure(e, _) => {
+            rusqlite::ffi::code_to_str(e.extended_code).to_string()
+        }
+        other => other.to_string(),
+    };
+    format!("{reason} (is its directory writable?)")
 }
 
 fn is_busy_code(error: &rusqlite::Error) -> bool {
@@ -200,7 +219,7 @@ impl Store {
             } else {
                 StoreError::CannotOpen {
                     path: path.to_path_buf(),
-                    source,
+                    cause: source,
                 }
             }
         };
@@ -755,6 +774,23 @@ mod tests {
         .err()
         .unwrap();
         assert!(matches!(err, StoreError::CannotOpen { .. }), "{err}");
-        assert!(err.to_string().contains("writable"));
+        // One line, each thing said once, whichever way it is printed.
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("no/such/dir does not exist"), "{text}");
+        assert_eq!(text.matches("g.db").count(), 1, "{text}");
+        assert!(!text.contains("unable to open"), "{text}");
+    }
+
+    #[test]
+    fn an_unopenable_file_is_one_line_with_the_reason_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: SQLite cannot open it.
+        let path = dir.path().join("g.db");
+        std::fs::create_dir(&path).unwrap();
+        let err = Store::open(&path, &StoreOptions::default()).err().unwrap();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(text.matches("unable to open").count(), 1, "{text}");
+        assert_eq!(text.matches("g.db").count(), 1, "{text}");
+        assert!(text.contains("writable"), "{text}");
     }
 }

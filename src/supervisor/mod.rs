@@ -2,7 +2,7 @@
 //! (SPEC §6, §9).
 //!
 //! The supervisor owns the children and their sockets. It checks what it
-//! can up front (nginx present, assets present, run directory free,
+//! can up front (nginx present and answering `-v`, assets present, run directory free,
 //! database usable, ports free) so a bad start fails in seconds with one
 //! line, binds every server's port itself, and then hands over to the event
 //! loop: [`core`] makes every decision (start order, restart policy,
@@ -32,25 +32,31 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::cli::{StackArgs, SupervisorArgs, SupervisorCommand};
+use crate::cli::{Invocation, StackArgs, SupervisorArgs, SupervisorCommand};
 use crate::plan::Plan;
 use control::Request;
 use policy::RestartPolicy;
 
 /// Entry point of the `gallery-supervisor` binary.
-pub fn main(args: SupervisorArgs) -> anyhow::Result<()> {
-    let run_dir = &args.stack.run_dir;
-    let request = match args.command {
-        None => return run(&args.stack),
-        Some(SupervisorCommand::Status { json }) => return state::print_status(run_dir, json),
-        Some(SupervisorCommand::NginxConfig) => {
-            print!("{}", crate::nginx::render(&Plan::from_args(&args.stack)?));
+pub fn main(cli: Invocation<SupervisorArgs>) -> anyhow::Result<()> {
+    let args = &cli.args;
+    let run_dir = args.run_dir();
+    let request = match args.command.clone() {
+        None => {
+            cli.log_level.pass_to_servers();
+            return run(&args.stack, run_dir, &cli);
+        }
+        Some(SupervisorCommand::Status { json, .. }) => {
+            return state::print_status(run_dir, json);
+        }
+        Some(SupervisorCommand::NginxConfig(plan)) => {
+            print!("{}", crate::nginx::render(&Plan::from_args(&plan)?));
             return Ok(());
         }
-        Some(SupervisorCommand::Reload) => Request::Reload,
-        Some(SupervisorCommand::Restart { name }) => Request::Restart { name },
-        Some(SupervisorCommand::Scale { workers }) => Request::Scale { workers },
-        Some(SupervisorCommand::Stop) => Request::Stop,
+        Some(SupervisorCommand::Reload(_)) => Request::Reload,
+        Some(SupervisorCommand::Restart { name, .. }) => Request::Restart { name },
+        Some(SupervisorCommand::Scale { workers, .. }) => Request::Scale { workers },
+        Some(SupervisorCommand::Stop(_)) => Request::Stop,
     };
     println!("{}", control::send(run_dir, &request)?);
     Ok(())
@@ -81,7 +87,8 @@ fn locate_nginx(requested: &Path) -> anyhow::Result<PathBuf> {
 /// The program for a server: the flag, or the binary next to this one.
 fn server_program(flag: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
-        anyhow::ensure!(path.is_file(), "{} does not exist", path.display());
+        let flag = format!("--{name}");
+        anyhow::ensure!(path.is_file(), "{flag} {} does not exist", path.display());
         return absolute(path);
     }
     let here = std::env::current_exe().context("cannot find the supervisor's own path")?;
@@ -123,10 +130,60 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// How long `nginx -v` may take.
+const NGINX_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `nginx -v`, so that a binary that is not a working nginx is one
+/// line naming `--nginx` now, not a crash loop after every other child
+/// has started.
+fn check_nginx(nginx: &Path) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    let name = format!("--nginx {}", nginx.display());
+    let child = Command::new(nginx)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{name} cannot be run"))?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    let output = match receiver.recv_timeout(NGINX_CHECK_TIMEOUT) {
+        Ok(output) => output.with_context(|| format!("{name} cannot be run"))?,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            anyhow::bail!(
+                "{name} is not a working nginx: `-v` did not answer within {} s",
+                NGINX_CHECK_TIMEOUT.as_secs()
+            );
+        }
+    };
+    let said = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    let said = said.lines().next().unwrap_or("").trim();
+    anyhow::ensure!(
+        output.status.success() && said.to_ascii_lowercase().contains("nginx"),
+        "{name} is not a working nginx: `-v` {}{}",
+        if output.status.success() {
+            "succeeded".to_string()
+        } else {
+            format!("failed ({})", output.status)
+        },
+        if said.is_empty() {
+            " and printed nothing".to_string()
+        } else {
+            format!(" and printed {said:?}")
+        }
+    );
+    Ok(())
+}
+
 /// Checks everything that can fail fast, binds the sockets, then supervises.
-fn run(args: &StackArgs) -> anyhow::Result<()> {
-    let mut plan = Plan::from_args(args)?;
+fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> anyhow::Result<()> {
+    let mut plan = Plan::from_args(&args.plan)?;
     let nginx = locate_nginx(&args.nginx)?;
+    check_nginx(&nginx)?;
     anyhow::ensure!(
         args.assets.is_dir(),
         "assets directory {} does not exist (run from the project directory or pass --assets DIR)",
@@ -141,14 +198,21 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
     use nix::sys::stat::{Mode, umask};
     let inherited = umask(Mode::empty());
     umask(inherited | Mode::S_IWGRP | Mode::S_IWOTH);
-    std::fs::create_dir_all(args.run_dir.join("tmp"))
-        .with_context(|| format!("cannot create run directory {}", args.run_dir.display()))?;
-    let run_dir = args.run_dir.canonicalize()?;
+    std::fs::create_dir_all(run_dir.join("tmp")).with_context(|| {
+        format!(
+            "cannot create run directory {} (--run-dir)",
+            run_dir.display()
+        )
+    })?;
+    let run_dir = run_dir.canonicalize()?;
     restrict_writes(&run_dir)?;
     let _lock = lock::acquire(&run_dir)?;
 
-    let database = crate::store::parse_database_location(&args.database)?;
-    crate::store::Store::open(&database, &crate::store::StoreOptions::default())?;
+    let database_origin = cli.origin("database");
+    let database = crate::store::parse_database_location(&args.database)
+        .with_context(|| database_origin.clone())?;
+    crate::store::Store::open(&database, &crate::store::StoreOptions::default())
+        .with_context(|| database_origin.clone())?;
     let database = absolute(&database)?;
 
     let server_user = account::resolve(args.user.as_deref())?;
@@ -184,8 +248,14 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
     // Bind every server socket now: they stay open for the stack's lifetime.
     let mut sockets = std::collections::HashMap::new();
     let mut bind = |name: String, port: &mut u16| -> anyhow::Result<()> {
-        let listener = crate::listen::bind(plan.bind, *port)
-            .with_context(|| format!("{name} cannot listen"))?;
+        let flag = match name.as_str() {
+            "static" => "--static-port",
+            "nginx" => "--port",
+            _ => "--api-base-port",
+        };
+        let listener = crate::listen::bind(plan.bind, *port).map_err(|e| {
+            crate::cli::listen_error(e, flag).context(format!("{name} cannot listen"))
+        })?;
         *port = listener.local_addr()?.port();
         sockets.insert(name, listener);
         Ok(())
@@ -215,7 +285,7 @@ fn run(args: &StackArgs) -> anyhow::Result<()> {
         grace: args.grace_period,
         start_timeout: args.start_timeout,
         health_misses: args.health_misses,
-        api_base_port: args.api_base_port,
+        api_base_port: args.plan.api_base_port,
         supervisor_pid: std::process::id(),
         front_url: format!("http://{host}:{}/", plan.front_port),
         epoch: (Instant::now(), SystemTime::now()),

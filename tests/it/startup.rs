@@ -38,7 +38,22 @@ fn a_postgres_database_url_is_refused_naming_the_supported_forms() {
         &[("DATABASE_URL", "postgres://user:pw@localhost/gallery")],
     );
     assert_eq!(code, 1);
-    assert_one_error_line(&output, &["PostgreSQL", "sqlite://PATH"]);
+    assert_one_error_line(
+        &output,
+        &[
+            "DATABASE_URL (from the environment)",
+            "PostgreSQL",
+            "sqlite://PATH",
+        ],
+    );
+    assert!(!output.contains("pw@"), "{output}");
+    let (code, output) = run(
+        "api-server",
+        &["--port", "0", "--database", "postgres://localhost/gallery"],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert_one_error_line(&output, &["--database: PostgreSQL"]);
 }
 
 #[test]
@@ -82,8 +97,14 @@ fn an_unwritable_database_location_is_named() {
     assert_eq!(code, 1);
     assert_one_error_line(
         &output,
-        &["cannot open database", "no-such-dir", "writable"],
+        &[
+            "--database",
+            "cannot open database",
+            "no-such-dir does not exist",
+        ],
     );
+    assert_eq!(output.matches("gallery.db").count(), 1, "{output}");
+    assert!(!output.contains("unable to open"), "{output}");
 }
 
 #[test]
@@ -97,7 +118,10 @@ fn a_port_in_use_is_named() {
         &[],
     );
     assert_eq!(code, 1);
-    assert_one_error_line(&output, &[&format!("port {port}"), "already in use"]);
+    assert_one_error_line(
+        &output,
+        &[&format!("port {port}"), "already in use", "--port"],
+    );
     let (code, output) = run(
         "static-server",
         &[
@@ -109,7 +133,10 @@ fn a_port_in_use_is_named() {
         &[],
     );
     assert_eq!(code, 1);
-    assert_one_error_line(&output, &[&format!("port {port}"), "already in use"]);
+    assert_one_error_line(
+        &output,
+        &[&format!("port {port}"), "already in use", "--port"],
+    );
 }
 
 #[test]
@@ -124,4 +151,81 @@ fn a_missing_assets_directory_is_named() {
         &output,
         &["assets directory /nonexistent/assets does not exist"],
     );
+    let (code, output) = run(
+        "static-server",
+        &["--port", "0", "--assets", "/nonexistent/assets"],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert_one_error_line(
+        &output,
+        &[
+            "--assets",
+            "assets directory /nonexistent/assets does not exist",
+        ],
+    );
+}
+
+/// Starts `binary ARGS` on a free port and waits until it answers.
+fn serve(binary: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, u16) {
+    let port = crate::helpers::free_port();
+    let mut command = Command::new(bin(binary));
+    command
+        .args(["--port", &port.to_string()])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let proc = Proc::spawn(binary, command);
+    crate::helpers::wait_until(Duration::from_secs(20), "the server to answer", || {
+        crate::helpers::client()
+            .get(format!("http://localhost:{port}/"))
+            .send()
+            .is_ok()
+    });
+    (proc, port)
+}
+
+/// Stops a server and returns everything it printed.
+fn stop(proc: Proc) -> String {
+    proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let (_, output) = proc.finish(Duration::from_secs(20));
+    output
+}
+
+#[test]
+fn the_servers_bind_a_host_name_and_log_at_log_level_unless_rust_log_says_otherwise() {
+    let (_dir, db) = temp_db();
+    let db = db.to_str().unwrap();
+    let assets = crate::helpers::assets_dir();
+    let assets = assets.to_str().unwrap();
+    let api = [
+        "--bind",
+        "localhost",
+        "--database",
+        db,
+        "--log-level",
+        "warn",
+    ];
+    let files = [
+        "--bind",
+        "localhost",
+        "--assets",
+        assets,
+        "--log-level",
+        "warn",
+    ];
+    for (binary, args) in [("api-server", &api), ("static-server", &files)] {
+        let (quiet, _) = serve(binary, args, &[]);
+        let output = stop(quiet);
+        assert!(!output.contains("GET / "), "{binary} at warn:\n{output}");
+        let (loud, _) = serve(binary, args, &[("RUST_LOG", "info")]);
+        let output = stop(loud);
+        assert!(
+            output.contains("GET / "),
+            "{binary} under RUST_LOG=info:\n{output}"
+        );
+    }
 }

@@ -9,8 +9,12 @@ use crate::helpers::supervisor::Supervisor;
 
 /// Runs the supervisor expecting a fast failure; returns its error line.
 fn fails(dir: &std::path::Path, extra: &[&str]) -> String {
+    fails_command(Supervisor::command(dir, extra))
+}
+
+/// Runs `command` expecting a fast failure; returns its error line.
+fn fails_command(command: Command) -> String {
     let started = Instant::now();
-    let command: Command = Supervisor::command(dir, extra);
     let (status, output) = Proc::spawn("supervisor", command).finish(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(
@@ -53,15 +57,148 @@ fn a_port_in_use_is_named() {
     let line = fails(dir.path(), &["--static-port", &port]);
     assert_mentions(
         &line,
-        &["static", &format!("port {port}"), "already in use"],
+        &[
+            "static",
+            &format!("port {port}"),
+            "already in use",
+            "--static-port",
+        ],
     );
     let line = fails(
         dir.path(),
         &["--api-base-port", &port, "--api-workers", "1"],
     );
-    assert_mentions(&line, &["api-1", &format!("port {port}"), "already in use"]);
+    assert_mentions(
+        &line,
+        &[
+            "api-1",
+            &format!("port {port}"),
+            "already in use",
+            "--api-base-port",
+        ],
+    );
     let line = fails(dir.path(), &["--port", &port]);
-    assert_mentions(&line, &["nginx", &format!("port {port}"), "already in use"]);
+    assert_mentions(
+        &line,
+        &["nginx", &format!("port {port}"), "already in use", "--port"],
+    );
+}
+
+#[test]
+fn an_nginx_that_does_not_work_fails_before_anything_starts() {
+    let dir = Supervisor::temp_dir();
+    for fake in ["/usr/bin/false", "/bin/true"] {
+        let command = Supervisor::command(dir.path(), &["--nginx", fake]);
+        let started = Instant::now();
+        let (status, output) = Proc::spawn("supervisor", command).finish(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(1), "{output}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{output}");
+        let errors: Vec<&str> = output
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{output}");
+        assert_mentions(
+            errors[0],
+            &[&format!("--nginx {fake}"), "not a working nginx"],
+        );
+        // Nothing was started: the one error line is all there is.
+        assert_eq!(output.trim(), errors[0], "{fake}");
+    }
+}
+
+#[test]
+fn a_database_error_names_the_flag_or_the_environment_once() {
+    let dir = Supervisor::temp_dir();
+    let line = fails(dir.path(), &["--database", "/nonexistent/x.db"]);
+    assert_mentions(
+        &line,
+        &["--database", "/nonexistent/x.db", "does not exist"],
+    );
+    assert_eq!(line.matches("x.db").count(), 1, "{line}");
+    assert!(!line.contains("unable to open"), "{line}");
+
+    let mut command = Supervisor::command(dir.path(), &[]);
+    command.env("DATABASE_URL", "postgres://user:secret@localhost/gallery");
+    let line = fails_command(command);
+    assert_mentions(&line, &["DATABASE_URL", "environment", "PostgreSQL"]);
+    assert!(
+        !line.contains("--database") && !line.contains("secret"),
+        "{line}"
+    );
+
+    let mut command = Supervisor::command(dir.path(), &[]);
+    command.env("DATABASE_URL", "/nonexistent/y.db");
+    let line = fails_command(command);
+    assert_mentions(&line, &["DATABASE_URL", "/nonexistent/y.db"]);
+}
+
+#[test]
+fn a_host_name_binds_and_the_servers_log_at_the_supervisors_level() {
+    let dir = Supervisor::temp_dir();
+    let mut command = Supervisor::command(
+        dir.path(),
+        &[
+            "--api-workers",
+            "1",
+            "--bind",
+            "localhost",
+            "--log-level",
+            "debug",
+        ],
+    );
+    command.env_remove("RUST_LOG");
+    let stack = Supervisor::start_command(dir, command);
+    // The servers log the supervisor's checks at debug level only.
+    crate::helpers::wait_until(Duration::from_secs(10), "a debug line from api-1", || {
+        stack
+            .proc
+            .output
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("api-1") && l.contains("(supervisor check)"))
+    });
+}
+
+#[test]
+fn subcommands_show_and_take_only_their_flags() {
+    let run = |args: &[&str]| {
+        Command::new(crate::helpers::bin("gallery-supervisor"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let help = String::from_utf8(run(&["status", "--help"]).stdout).unwrap();
+    assert!(
+        help.contains("--json") && help.contains("--run-dir"),
+        "{help}"
+    );
+    for absent in [
+        "--api-workers",
+        "--port",
+        "--database",
+        "--nginx",
+        "--log-level",
+    ] {
+        assert!(!help.contains(absent), "{absent} in {help}");
+    }
+    let help = String::from_utf8(run(&["nginx-config", "--help"]).stdout).unwrap();
+    assert!(
+        help.contains("--api-workers") && help.contains("(1-64)"),
+        "{help}"
+    );
+    for absent in ["--database", "--nginx", "--health-misses", "--run-dir"] {
+        assert!(!help.contains(absent), "{absent} in {help}");
+    }
+    for args in [
+        &["status", "--api-workers", "7"][..],
+        &["--api-workers", "7", "status"],
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--api-workers"), "{stderr}");
+    }
 }
 
 #[test]
