@@ -49,6 +49,11 @@ pub struct ApiServerArgs {
     /// one is at the path (the supervisor, which creates it, passes this).
     #[arg(long)]
     pub existing_database: bool,
+    /// Log each request at debug level, not info: behind nginx, whose access
+    /// line says the same and names the worker (the supervisor and the
+    /// Procfile pass this). Server errors (5xx) are always logged.
+    #[arg(long)]
+    pub quiet_requests: bool,
 }
 
 impl ApiServerArgs {
@@ -76,6 +81,9 @@ impl ApiServerArgs {
         }
         if self.existing_database {
             args.push("--existing-database".into());
+        }
+        if self.quiet_requests {
+            args.push("--quiet-requests".into());
         }
         args.extend([
             "--log-level".into(),
@@ -108,6 +116,11 @@ pub struct StaticServerArgs {
     /// Content-Security-Policy refuses every other origin.
     #[arg(long = "api-origin", value_name = "ORIGIN")]
     pub api_origin: Vec<Origin>,
+    /// Log each request at debug level, not info: behind nginx, whose access
+    /// line says the same (the supervisor and the Procfile pass this).
+    /// Server errors (5xx) are always logged.
+    #[arg(long)]
+    pub quiet_requests: bool,
 }
 
 impl StaticServerArgs {
@@ -123,6 +136,9 @@ impl StaticServerArgs {
         ];
         for origin in &self.api_origin {
             args.extend(["--api-origin".into(), origin.to_string().into()]);
+        }
+        if self.quiet_requests {
+            args.push("--quiet-requests".into());
         }
         args.extend([
             "--log-level".into(),
@@ -257,6 +273,10 @@ pub struct PlanArgs {
     /// Origin allowed to call the API from a browser (repeatable; default: any).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
+    /// An nginx file included in the generated `server` block (TLS,
+    /// `server_name`, extra locations); checked by `nginx -t` with the rest.
+    #[arg(long, value_name = "FILE")]
+    pub nginx_include: Option<PathBuf>,
 }
 
 /// The settings of a running stack (no subcommand).
@@ -528,6 +548,7 @@ mod tests {
             cors_origin: vec!["http://a".into(), "http://b".into()],
             busy_timeout_ms: 1234,
             existing_database: true,
+            quiet_requests: true,
         };
         let mut argv = vec![OsString::from("api-server")];
         argv.extend(args.to_args());
@@ -546,6 +567,7 @@ mod tests {
                 "http://127.0.0.1:8081".parse().unwrap(),
                 "https://api.example.com".parse().unwrap(),
             ],
+            quiet_requests: true,
         };
         let mut argv = vec![OsString::from("static-server")];
         argv.extend(args.to_args());
@@ -602,6 +624,7 @@ mod tests {
             "--api-workers",
             "--bind",
             "--cors-origin",
+            "--nginx-include",
             "--port",
             "--static-port",
         ];

@@ -38,7 +38,19 @@ pub async fn answer_probe(request: Request, next: Next) -> Response {
     response
 }
 
-/// Logs method, path, status and duration of every request.
+/// Whether each request's line is logged at debug rather than info level:
+/// set behind nginx, whose access line already says the same and names the
+/// server (`--quiet-requests`, passed by the supervisor and the Procfile).
+static REQUESTS_AT_DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs each request's line at debug level from now on (see [`log_request`]).
+pub fn log_requests_at_debug() {
+    REQUESTS_AT_DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Logs method, path, status and duration of every request: at info level,
+/// or at debug level after [`log_requests_at_debug`]; server errors (5xx)
+/// are always logged, at warn level.
 pub async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -52,6 +64,10 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     );
     if probe {
         tracing::debug!("{method} {path} {status} {ms:.1}ms (supervisor check)");
+    } else if status >= 500 {
+        tracing::warn!("{method} {path} {status} {ms:.1}ms");
+    } else if REQUESTS_AT_DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!("{method} {path} {status} {ms:.1}ms");
     } else {
         tracing::info!("{method} {path} {status} {ms:.1}ms");
     }

@@ -35,6 +35,8 @@ pub struct Plan {
     pub api_ports: Vec<u16>,
     /// Origins allowed to call the API from a browser (empty: any).
     pub cors_origins: Vec<String>,
+    /// A user's nginx file included in the `server` block (absolute).
+    pub nginx_include: Option<std::path::PathBuf>,
 }
 
 /// The name of API worker `k` (1-based).
@@ -59,12 +61,27 @@ impl Plan {
         };
         // A bad origin is one clear line now, not a worker crash loop later.
         crate::api::CorsPolicy::parse(&args.cors_origin)?;
+        let nginx_include = match &args.nginx_include {
+            Some(file) => {
+                let absolute = file
+                    .canonicalize()
+                    .map_err(|e| anyhow::anyhow!("--nginx-include {}: {e}", file.display()))?;
+                anyhow::ensure!(
+                    absolute.is_file(),
+                    "--nginx-include {}: not a file",
+                    file.display()
+                );
+                Some(absolute)
+            }
+            None => None,
+        };
         Ok(Plan {
             bind: args.bind,
             front_port: args.port,
             static_port: args.static_port,
             api_ports,
             cors_origins: args.cors_origin.clone(),
+            nginx_include,
         })
     }
 

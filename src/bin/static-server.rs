@@ -5,6 +5,9 @@ use gallery::cli::{Invocation, StaticServerArgs};
 fn main() -> std::process::ExitCode {
     let cli = Invocation::<StaticServerArgs>::parse();
     gallery::http::init_logging(cli.log_level);
+    if cli.args.quiet_requests {
+        gallery::http::log_requests_at_debug();
+    }
     let assets = &cli.args.path;
     if !assets.is_dir() {
         let error = anyhow::anyhow!("assets directory {} does not exist", assets.display());

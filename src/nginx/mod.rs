@@ -178,7 +178,7 @@ http {{
 
     server {{
         listen {listen}:{front_port} backlog=4096;
-
+{include}
         proxy_http_version 1.1;
         proxy_set_header Connection \"\";
         proxy_set_header Host $host;
@@ -226,6 +226,12 @@ http {{
         static_port = plan.static_port,
         front_port = plan.front_port,
         listen = host(plan.bind),
+        include = plan.nginx_include.as_ref().map_or(String::new(), |file| {
+            format!(
+                "        # --nginx-include\n        include {};\n",
+                file.display()
+            )
+        }),
     )
 }
 
@@ -288,7 +294,20 @@ mod tests {
             static_port: 8082,
             api_ports: vec![8083, 8084, 8085],
             cors_origins: Vec::new(),
+            nginx_include: None,
         }
+    }
+
+    #[test]
+    fn a_user_file_is_included_in_the_server_block() {
+        let mut plan = plan();
+        assert!(!render(&plan).contains("include /"));
+        plan.nginx_include = Some("/etc/gallery/tls.conf".into());
+        let text = render(&plan);
+        let server = text.find("    server {").unwrap();
+        let include = text.find("        include /etc/gallery/tls.conf;").unwrap();
+        let first_location = text[server..].find("location").unwrap() + server;
+        assert!(server < include && include < first_location, "{text}");
     }
 
     #[test]

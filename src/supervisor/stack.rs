@@ -55,6 +55,8 @@ impl Launcher {
                     path: self.assets.clone(),
                     // Through the front door the API is the page's own origin.
                     api_origin: Vec::new(),
+                    // nginx's access line is the one line per request.
+                    quiet_requests: true,
                 };
                 let user = self.server_user.clone();
                 (
@@ -74,6 +76,8 @@ impl Launcher {
                 args.cors_origin = self.cors_origins.clone();
                 // The supervisor created the database; a worker never does.
                 args.existing_database = true;
+                // nginx's access line is the one line per request.
+                args.quiet_requests = true;
                 let user = self.server_user.clone();
                 (
                     self.api_program.clone(),
