@@ -21,7 +21,9 @@ use clap::Parser;
 use clap::parser::ValueSource;
 
 use crate::static_files::Origin;
+use crate::store::Synchronous;
 use crate::supervisor::policy;
+use clap::ValueEnum;
 
 /// One API worker: the JSON image API over a SQLite file.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
@@ -49,6 +51,11 @@ pub struct ApiServerArgs {
     /// one is at the path (the supervisor, which creates it, passes this).
     #[arg(long)]
     pub existing_database: bool,
+    /// When a write is acknowledged: `full`, once fsynced (it survives a
+    /// power loss; concurrent writes share one fsync), or `normal`, faster,
+    /// surviving a crash of any process but not a power loss.
+    #[arg(long, value_enum, default_value_t = Synchronous::Full, value_name = "MODE")]
+    pub synchronous: Synchronous,
     /// Log each request at debug level, not info: behind nginx, whose access
     /// line says the same and names the worker (the supervisor and the
     /// Procfile pass this). Server errors (5xx) are always logged.
@@ -86,6 +93,12 @@ impl ApiServerArgs {
             args.push("--quiet-requests".into());
         }
         args.extend([
+            "--synchronous".into(),
+            self.synchronous
+                .to_possible_value()
+                .expect("named")
+                .get_name()
+                .into(),
             "--log-level".into(),
             LogLevel::for_servers().to_string().into(),
         ]);
@@ -287,6 +300,11 @@ pub struct StackArgs {
     /// SQLite database: sqlite://PATH, sqlite:PATH, file:PATH or a plain path.
     #[arg(long, env = "DATABASE_URL", default_value = "gallery.db")]
     pub database: String,
+    /// When the workers acknowledge a write: `full`, once fsynced (survives
+    /// a power loss; concurrent writes share one fsync), or `normal`, faster,
+    /// surviving a crash of any process but not a power loss.
+    #[arg(long, value_enum, default_value_t = Synchronous::Full, value_name = "MODE")]
+    pub synchronous: Synchronous,
     /// Directory of the gallery page and its images.
     #[arg(long, default_value = "assets", value_name = "DIR")]
     pub assets: PathBuf,
@@ -549,6 +567,7 @@ mod tests {
             busy_timeout_ms: 1234,
             existing_database: true,
             quiet_requests: true,
+            synchronous: Synchronous::Normal,
         };
         let mut argv = vec![OsString::from("api-server")];
         argv.extend(args.to_args());

@@ -38,7 +38,7 @@ pub use list_cache::ListCache;
 
 use crate::cli::ApiServerArgs;
 use crate::image::NewImage;
-use crate::store::{Keyed, Store, StoreError, StoreOptions};
+use crate::store::{GroupWriter, Keyed, Store, StoreError, StoreOptions, Write};
 use idempotency::MaybeKey;
 
 /// Largest accepted request body.
@@ -51,6 +51,8 @@ pub const WORKER_HEADER: HeaderName = HeaderName::from_static("x-worker");
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
+    /// Commits POSTs in groups (one fsync for all waiting).
+    pub writer: GroupWriter,
     pub worker: Arc<str>,
     pub lists: Arc<ListCache>,
 }
@@ -58,6 +60,7 @@ pub struct ApiState {
 impl ApiState {
     pub fn new(store: Store, worker: &str) -> Self {
         Self {
+            writer: GroupWriter::start(store.clone()),
             store,
             worker: Arc::from(worker),
             lists: Arc::default(),
@@ -175,18 +178,16 @@ async fn create_image(
     MaybeKey(key): MaybeKey,
     AnyJson(body, raw): AnyJson,
 ) -> Result<Response> {
-    let new_image = NewImage::parse(&body)?;
-    let Some(key) = key else {
-        let stored = blocking(move || state.store.insert_image(&new_image)).await?;
-        return Ok(json_response(indent, &stored));
+    let image = NewImage::parse(&body)?;
+    let write = match key {
+        None => Write::Plain(image),
+        Some(key) => Write::Keyed {
+            image,
+            key: key.as_str().to_string(),
+            body: raw.to_vec(),
+        },
     };
-    let now = std::time::SystemTime::now();
-    let keyed = blocking(move || {
-        state
-            .store
-            .insert_image_once(&new_image, key.as_str(), &raw, now)
-    })
-    .await?;
+    let keyed = state.writer.write(write).await?;
     match keyed {
         Keyed::Stored(image) => Ok(json_response(indent, &image)),
         Keyed::Replayed(image) => {
@@ -221,6 +222,7 @@ pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
     let listener = crate::listen::listener(args.bind, args.port)?;
     let options = StoreOptions {
         busy_timeout: std::time::Duration::from_millis(args.busy_timeout_ms),
+        synchronous: args.synchronous,
         ..StoreOptions::default()
     };
     let store = if args.existing_database {

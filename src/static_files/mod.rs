@@ -11,6 +11,9 @@
 //!   symlink) and must lie inside the canonical root, so a symlink pointing
 //!   out of the directory is not followed.
 //!
+//! Plain `GET`s and `HEAD`s of small files are answered from memory after
+//! the first (`cache.rs`), with one `stat` per request to notice changes.
+//!
 //! Validators: a weak `ETag` from the file's size and modification time
 //! (cheap: the containment check has the metadata already), with `304` on a
 //! matching `If-None-Match`. gzip comes from the compression layer when the
@@ -20,6 +23,7 @@
 //! the page may call, `X-Frame-Options`, `Referrer-Policy`, `nosniff`) go on
 //! every response; `headers.rs` says what they allow and why.
 
+mod cache;
 mod headers;
 
 use std::path::{Path, PathBuf};
@@ -39,9 +43,12 @@ pub use headers::Origin;
 
 use crate::cli::StaticServerArgs;
 
-/// The canonical directory being served.
+/// The canonical directory being served, and its files in memory.
 #[derive(Clone)]
-struct Root(std::sync::Arc<Path>);
+struct Root {
+    dir: std::sync::Arc<Path>,
+    cache: cache::Cache,
+}
 
 /// The static-file service for `root`, which must exist, for a page that
 /// may call the API at its own origin and at `api_origins`.
@@ -59,7 +66,10 @@ pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<Router> {
     let mut router = Router::new()
         .fallback_service(serve_dir)
         .layer(middleware::from_fn_with_state(
-            Root(canonical.into()),
+            Root {
+                dir: canonical.into(),
+                cache: cache::Cache::default(),
+            },
             contain_and_validate,
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -131,11 +141,20 @@ fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
 }
 
 async fn contain_and_validate(State(root): State<Root>, request: Request, next: Next) -> Response {
-    let resolved = resolve(&root.0, request.uri().path());
+    let (method, path, headers) = (request.method(), request.uri().path(), request.headers());
+    if let Some(response) = root.cache.answer(method, path, headers) {
+        return response;
+    }
+    let resolved = resolve(&root.dir, path);
     let file = match resolved {
         Err(()) => return (StatusCode::NOT_FOUND, "404 Not Found\n").into_response(),
         Ok(None) => return next.run(request).await,
-        Ok(Some((_, metadata))) => metadata,
+        Ok(Some((real, metadata))) => {
+            if let Some(response) = root.cache.fill(method, path, headers, &real, &metadata) {
+                return response;
+            }
+            metadata
+        }
     };
     let etag = weak_etag(&file);
     if let (Some(etag), Some(if_none_match)) = (&etag, request.headers().get(header::IF_NONE_MATCH))

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{StoreError, classify, configure, is_busy_code};
+use super::{StoreError, Synchronous, classify, configure, is_busy_code};
 
 /// When the database last changed, as one connection sees it: equal values
 /// mean no other connection (in any process) committed in between, and a
@@ -75,7 +75,8 @@ impl Dedicated {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
                 | OpenFlags::SQLITE_OPEN_URI;
             let connection = Connection::open_with_flags(&self.path, flags).map_err(classify)?;
-            configure(&connection, self.busy_timeout).map_err(classify)?;
+            // Only reads run here: durability settings do not matter.
+            configure(&connection, self.busy_timeout, Synchronous::Normal).map_err(classify)?;
             slot.connection = Some(connection);
             slot.epoch += 1;
         }

@@ -2,8 +2,10 @@
 //!
 //! Every connection — the one that migrates, every pooled one and the two
 //! dedicated ones — gets the same pragmas (`busy_timeout` first, then WAL
-//! and `synchronous=NORMAL`), so several worker processes can share one
-//! file. Migrations are versioned on `PRAGMA user_version` and run inside
+//! and `synchronous=FULL`, or `NORMAL` on request), so several worker
+//! processes can share one file and an acknowledged write survives a power
+//! loss. Writes are committed in groups ([`Store::commit_group`], driven by
+//! `group.rs`): one transaction and one fsync for every write waiting. Migrations are versioned on `PRAGMA user_version` and run inside
 //! `BEGIN IMMEDIATE`, which makes the first start of many processes on a
 //! fresh file create one schema and seed once. Inserts run in
 //! `BEGIN IMMEDIATE` too, so a writer waits for the lock up front instead of
@@ -31,6 +33,7 @@
 //! from "broken"; their text is for operators and logs, never for clients.
 
 mod dedicated;
+mod group;
 pub mod identity;
 mod location;
 mod schema;
@@ -40,11 +43,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use crate::image::{Image, NewImage};
 pub use dedicated::DataVersion;
 use dedicated::Dedicated;
+pub use group::{GroupWriter, Write};
 use identity::FileIdentity;
 pub use identity::FileTrouble;
 pub use location::{LocationError, SUPPORTED_FORMS, parse_database_location};
@@ -95,9 +99,22 @@ pub enum StoreError {
     Unavailable(FileTrouble),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Another error, as text (one error shared by a group of writes).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl StoreError {
+    /// The same error for another waiter: the kind kept where it decides
+    /// the answer (busy, unavailable), else its text.
+    pub fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::Busy(text) => StoreError::Busy(text.clone()),
+            StoreError::Unavailable(trouble) => StoreError::Unavailable(*trouble),
+            other => StoreError::Failed(other.to_string()),
+        }
+    }
+
     /// True when retrying later may succeed (lock contention, pool
     /// exhausted, the database file gone or unusable for now).
     pub fn is_busy(&self) -> bool {
@@ -141,11 +158,32 @@ fn classify(error: rusqlite::Error) -> StoreError {
     }
 }
 
+/// When SQLite makes a commit durable (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Synchronous {
+    /// Every commit is fsynced before it is acknowledged: it survives a
+    /// power loss (as Postgres's `synchronous_commit=on`).
+    #[default]
+    Full,
+    /// Commits survive a crash of any process but not a power loss; faster.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
 /// Tuning for [`Store::open`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub busy_timeout: Duration,
     pub pool_size: u32,
+    pub synchronous: Synchronous,
 }
 
 impl Default for StoreOptions {
@@ -153,6 +191,7 @@ impl Default for StoreOptions {
         Self {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             pool_size: 8,
+            synchronous: Synchronous::default(),
         }
     }
 }
@@ -195,20 +234,24 @@ fn existing_file_flags() -> rusqlite::OpenFlags {
 
 /// Per-connection pragmas. WAL is a property of the file: it is switched on
 /// only when not yet set, because the switch needs an exclusive lock.
-fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+fn configure(
+    conn: &Connection,
+    busy_timeout: Duration,
+    synchronous: Synchronous,
+) -> rusqlite::Result<()> {
     conn.busy_timeout(busy_timeout)?;
     let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         conn.pragma_update(None, "journal_mode", "WAL")?;
     }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", synchronous.pragma())?;
     Ok(())
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, migrates and seeds it.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
-        let busy_timeout = options.busy_timeout;
+        let (busy_timeout, synchronous) = (options.busy_timeout, options.synchronous);
         let opening_error = |source: rusqlite::Error| {
             if source.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
                 StoreError::NotADatabase {
@@ -225,7 +268,7 @@ impl Store {
         };
         let open_and_migrate = || -> Result<(), StoreError> {
             let mut conn = Connection::open(path).map_err(opening_error)?;
-            configure(&conn, busy_timeout).map_err(opening_error)?;
+            configure(&conn, busy_timeout, synchronous).map_err(opening_error)?;
             schema::migrate(&mut conn).map_err(|e| match e {
                 schema::MigrateError::TooNew { found, supported } => {
                     StoreError::TooNew { found, supported }
@@ -299,7 +342,7 @@ impl Store {
     fn reopen(&self) -> Result<Arc<Opened>, FileTrouble> {
         let shared = &self.shared;
         let identity = identity::usable(&shared.path)?;
-        let busy_timeout = shared.options.busy_timeout;
+        let (busy_timeout, synchronous) = (shared.options.busy_timeout, shared.options.synchronous);
         // It must be a database of ours, at a version this build knows.
         let conn = Connection::open_with_flags(&shared.path, existing_file_flags())
             .map_err(|_| FileTrouble::Unreadable)?;
@@ -312,7 +355,7 @@ impl Store {
         drop(conn);
         let manager = SqliteConnectionManager::file(&shared.path)
             .with_flags(existing_file_flags())
-            .with_init(move |conn| configure(conn, busy_timeout));
+            .with_init(move |conn| configure(conn, busy_timeout, synchronous));
         let pool = r2d2::Pool::builder()
             .max_size(shared.options.pool_size)
             .min_idle(Some(1))
@@ -410,16 +453,12 @@ impl Store {
             .of_generation(opened.generation))
     }
 
-    /// Stores one image in its own `BEGIN IMMEDIATE` transaction.
+    /// Stores one image (a group of one; see [`Store::commit_group`]).
     pub fn insert_image(&self, image: &NewImage) -> Result<Image, StoreError> {
-        let mut conn = self.connection()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(classify)?;
-        prune_keys(&tx, SystemTime::now()).map_err(classify)?;
-        let stored = insert(&tx, image).map_err(classify)?;
-        tx.commit().map_err(classify)?;
-        Ok(stored)
+        match self.commit_one(Write::Plain(image.clone()), SystemTime::now())? {
+            Keyed::Stored(image) | Keyed::Replayed(image) => Ok(image),
+            Keyed::Conflict => unreachable!("a plain insert has no key"),
+        }
     }
 
     /// Stores one image unless `key` was used in the last
@@ -434,13 +473,53 @@ impl Store {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Keyed, StoreError> {
+        let write = Write::Keyed {
+            image: image.clone(),
+            key: key.to_string(),
+            body: body.to_vec(),
+        };
+        self.commit_one(write, now)
+    }
+
+    fn commit_one(&self, write: Write, now: SystemTime) -> Result<Keyed, StoreError> {
+        self.commit_group(std::slice::from_ref(&write), now)?
+            .pop()
+            .expect("one result per write")
+    }
+
+    /// Commits `writes` together: one `BEGIN IMMEDIATE` transaction and one
+    /// commit (one fsync under `synchronous=FULL`) for all of them. Each
+    /// write runs in its own savepoint, so one that fails is undone alone
+    /// and gets its own error; a failed commit fails them all (nothing of
+    /// theirs is stored). Expired keys are pruned once per group.
+    pub fn commit_group(
+        &self,
+        writes: &[Write],
+        now: SystemTime,
+    ) -> Result<Vec<Result<Keyed, StoreError>>, StoreError> {
         let mut conn = self.connection()?;
-        let tx = conn
+        let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(classify)?;
-        let keyed = insert_once(&tx, image, key, body, now).map_err(classify)?;
+        prune_keys(&tx, now).map_err(classify)?;
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            let savepoint = tx.savepoint().map_err(classify)?;
+            let result = match write {
+                Write::Plain(image) => insert(&savepoint, image).map(Keyed::Stored),
+                Write::Keyed { image, key, body } => insert_once(&savepoint, image, key, body, now),
+            };
+            match result {
+                Ok(keyed) => {
+                    savepoint.commit().map_err(classify)?;
+                    results.push(Ok(keyed));
+                }
+                // Dropping the savepoint rolls it back.
+                Err(e) => results.push(Err(classify(e))),
+            }
+        }
         tx.commit().map_err(classify)?;
-        Ok(keyed)
+        Ok(results)
     }
 
     /// A real round trip: reads the schema and the images table, on the
@@ -465,14 +544,14 @@ fn unix_seconds(time: SystemTime) -> i64 {
 }
 
 /// Forgets keys whose window has closed by `now`.
-fn prune_keys(tx: &Transaction<'_>, now: SystemTime) -> rusqlite::Result<()> {
+fn prune_keys(tx: &Connection, now: SystemTime) -> rusqlite::Result<()> {
     let oldest_kept = unix_seconds(now) - IDEMPOTENCY_WINDOW.as_secs() as i64;
     tx.prepare_cached("DELETE FROM idempotency_keys WHERE created_at <= ?1")?
         .execute([oldest_kept])?;
     Ok(())
 }
 
-fn insert(tx: &Transaction<'_>, image: &NewImage) -> rusqlite::Result<Image> {
+fn insert(tx: &Connection, image: &NewImage) -> rusqlite::Result<Image> {
     let id: i64 = tx
         .prepare_cached(
             "INSERT INTO images (title, alt_text, url) VALUES (?1, ?2, ?3) RETURNING id",
@@ -489,7 +568,7 @@ fn insert(tx: &Transaction<'_>, image: &NewImage) -> rusqlite::Result<Image> {
 }
 
 fn insert_once(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     image: &NewImage,
     key: &str,
     body: &[u8],
@@ -728,6 +807,7 @@ mod tests {
         let options = StoreOptions {
             busy_timeout: Duration::from_secs(5),
             pool_size: 1,
+            ..StoreOptions::default()
         };
         let store = Store::open(&dir.path().join("g.db"), &options).unwrap();
         let _held = store.connection().unwrap();

@@ -299,6 +299,7 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
             run_dir: run_dir.clone(),
             assets,
             database,
+            synchronous: args.synchronous,
             server_user,
             bind: plan.bind,
             cors_origins: plan.cors_origins.clone(),

@@ -38,6 +38,7 @@ pub(super) struct Launcher {
     pub run_dir: PathBuf,
     pub assets: PathBuf,
     pub database: PathBuf,
+    pub synchronous: crate::store::Synchronous,
     /// The account the API and static servers run as (`None`: as the supervisor).
     pub server_user: Option<ServerUser>,
     pub bind: IpAddr,
@@ -76,6 +77,7 @@ impl Launcher {
                 args.cors_origin = self.cors_origins.clone();
                 // The supervisor created the database; a worker never does.
                 args.existing_database = true;
+                args.synchronous = self.synchronous;
                 // nginx's access line is the one line per request.
                 args.quiet_requests = true;
                 let user = self.server_user.clone();
