@@ -213,7 +213,16 @@ struct Shared {
     trouble: std::sync::Mutex<Option<FileTrouble>>,
     /// Counts openings, so data versions of different files never compare equal.
     generation: std::sync::atomic::AtomicU64,
+    /// When the file at the path last passed its check, in ms since `epoch`
+    /// (0: never), so reads may skip the check for [`READ_CHECK_INTERVAL`].
+    checked_at_ms: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
 }
+
+/// How long a read may rely on the file's last check. Writes and `/health`
+/// always check; a read in this window may at worst serve the list as it
+/// was a moment before the file went wrong.
+const READ_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Connections to one file, known by its identity.
 struct Opened {
@@ -313,6 +322,8 @@ impl Store {
                 opened: std::sync::RwLock::new(None),
                 trouble: std::sync::Mutex::new(None),
                 generation: std::sync::atomic::AtomicU64::new(0),
+                checked_at_ms: std::sync::atomic::AtomicU64::new(0),
+                epoch: std::time::Instant::now(),
             }),
         }
     }
@@ -335,7 +346,36 @@ impl Store {
             None => self.reopen(),
         };
         self.note(result.as_ref().err().copied());
+        let checked = match result {
+            Ok(_) => shared.epoch.elapsed().as_millis() as u64 + 1,
+            Err(_) => 0,
+        };
+        shared
+            .checked_at_ms
+            .store(checked, std::sync::atomic::Ordering::Relaxed);
         result.map_err(StoreError::Unavailable)
+    }
+
+    /// The connections for a read: as [`Store::opened`], but without checking
+    /// the file again if it passed a check in the last [`READ_CHECK_INTERVAL`]
+    /// (the check costs a stat, an access and a read of the header).
+    fn opened_for_read(&self) -> Result<Arc<Opened>, StoreError> {
+        let shared = &self.shared;
+        let checked = shared
+            .checked_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = shared.epoch.elapsed().as_millis() as u64 + 1;
+        if checked != 0 && now.saturating_sub(checked) < READ_CHECK_INTERVAL.as_millis() as u64 {
+            let current = shared
+                .opened
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(opened) = current {
+                return Ok(opened);
+            }
+        }
+        self.opened()
     }
 
     /// Opens the usable database file now at the path.
@@ -418,7 +458,11 @@ impl Store {
         page: Option<Page>,
         mut each: impl FnMut(&Image),
     ) -> Result<(), StoreError> {
-        let conn = self.connection()?;
+        let conn = self
+            .opened_for_read()?
+            .pool
+            .get()
+            .map_err(|e| StoreError::Busy(e.to_string()))?;
         let (sql, after, limit) = match page {
             None => (
                 "SELECT id, title, alt_text, url FROM images ORDER BY id",
@@ -446,7 +490,7 @@ impl Store {
     /// The database's change counter; see [`DataVersion`]. Read on a
     /// dedicated connection, so it is cheap and never waits for the pool.
     pub fn data_version(&self) -> Result<DataVersion, StoreError> {
-        let opened = self.opened()?;
+        let opened = self.opened_for_read()?;
         Ok(opened
             .versions
             .data_version()?
