@@ -66,6 +66,25 @@ fn render_with_access_log(plan: &Plan, access_log: &str) -> String {
         )
         .unwrap();
     }
+    // Writes go to one worker while it answers: SQLite has one write lock
+    // per file, and one worker committing every POST in groups (one fsync
+    // for all waiting) outpaces three taking the lock in turn. The others
+    // are backups, tried when it refuses connections (killed, restarting).
+    let mut write_servers = String::new();
+    if let Some(first) = plan.api_ports.first() {
+        writeln!(
+            write_servers,
+            "        server {bind}:{first} max_fails=3 fail_timeout=1s;"
+        )
+        .unwrap();
+    }
+    for port in &plan.api_ports {
+        writeln!(
+            write_servers,
+            "        server {bind}:{port} backup max_fails=0;"
+        )
+        .unwrap();
+    }
     // nginx's own answers carry the origins the workers allow.
     let (cors_map, allow_origin) = match crate::api::CorsPolicy::parse(&plan.cors_origins) {
         Ok(crate::api::CorsPolicy::Origins(origins)) => {
@@ -161,9 +180,10 @@ http {{
         keepalive_timeout 5s;
     }}
 
-    # The same workers for POSTs, over fresh connections.
+    # POSTs, over fresh connections: to the first worker, the others as
+    # backups (one writer: SQLite has one write lock; it commits in groups).
     upstream gallery_api_writes {{
-{api_servers}    }}
+{write_servers}    }}
 
     map $request_method $gallery_api_upstream {{
         default gallery_api;
@@ -395,7 +415,13 @@ mod tests {
         let writes = text.split("upstream gallery_api_writes {").nth(1).unwrap();
         let writes = &writes[..writes.find('}').unwrap()];
         assert!(!writes.contains("keepalive"), "{writes}");
-        assert_eq!(writes.matches("server 127.0.0.1:808").count(), 6);
+        // One writer (api-1), every worker as a backup.
+        assert_eq!(writes.matches("server 127.0.0.1:808").count(), 4);
+        assert_eq!(writes.matches("backup").count(), 3);
+        assert!(
+            writes.contains("server 127.0.0.1:8083 max_fails=3"),
+            "{writes}"
+        );
     }
 
     #[test]

@@ -241,6 +241,27 @@ fn existing_file_flags() -> rusqlite::OpenFlags {
         | rusqlite::OpenFlags::SQLITE_OPEN_URI
 }
 
+/// How long one wait for another process's lock lasts ([`wait_for_lock`]).
+const LOCK_POLL: Duration = Duration::from_micros(100);
+
+/// The busy timeout in [`LOCK_POLL`]s: the process's `--busy-timeout-ms`
+/// (one value per process; a busy handler is a plain function).
+static LOCK_POLLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(50_000);
+
+/// SQLite's busy handler: called while another process holds the lock, it
+/// waits [`LOCK_POLL`] and tries again, until the busy timeout. SQLite's
+/// own handler sleeps 1, 2, 5 … up to 100 ms between tries, so three
+/// workers committing in turn would wait milliseconds for a lock held for
+/// microseconds; short polls hand it over almost at once.
+fn wait_for_lock(attempts: i32) -> bool {
+    let polls = LOCK_POLLS.load(std::sync::atomic::Ordering::Relaxed);
+    if u64::try_from(attempts).unwrap_or(u64::MAX) >= polls {
+        return false;
+    }
+    std::thread::sleep(LOCK_POLL);
+    true
+}
+
 /// Per-connection pragmas. WAL is a property of the file: it is switched on
 /// only when not yet set, because the switch needs an exclusive lock.
 fn configure(
@@ -248,7 +269,9 @@ fn configure(
     busy_timeout: Duration,
     synchronous: Synchronous,
 ) -> rusqlite::Result<()> {
-    conn.busy_timeout(busy_timeout)?;
+    let polls = (busy_timeout.as_micros() / LOCK_POLL.as_micros()).max(1) as u64;
+    LOCK_POLLS.store(polls, std::sync::atomic::Ordering::Relaxed);
+    conn.busy_handler(Some(wait_for_lock))?;
     let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         conn.pragma_update(None, "journal_mode", "WAL")?;
