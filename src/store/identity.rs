@@ -10,7 +10,6 @@
 //! [`FileTrouble`]: the store answers "unavailable" rather than acknowledge a
 //! write that would be lost, and reopens once a usable file is back.
 
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -54,20 +53,59 @@ pub fn usable(path: &Path) -> Result<FileIdentity, FileTrouble> {
     if access(path, AccessFlags::W_OK).is_err() {
         return Err(FileTrouble::ReadOnly);
     }
+    let identity = FileIdentity {
+        device: metadata.dev(),
+        inode: metadata.ino(),
+    };
     let mut header = [0; 16];
-    std::fs::File::open(path)
-        .and_then(|mut file| file.read_exact(&mut header))
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::UnexpectedEof => FileTrouble::NotADatabase,
-            _ => FileTrouble::Unreadable,
-        })?;
+    read_header(path, identity, &mut header).map_err(|error| match error.kind() {
+        std::io::ErrorKind::UnexpectedEof => FileTrouble::NotADatabase,
+        _ => FileTrouble::Unreadable,
+    })?;
     if &header != MAGIC {
         return Err(FileTrouble::NotADatabase);
     }
-    Ok(FileIdentity {
-        device: metadata.dev(),
-        inode: metadata.ino(),
-    })
+    Ok(identity)
+}
+
+/// Descriptors kept open for reading headers, by file. Never closed: on
+/// Unix, closing *any* descriptor of a file drops every POSIX lock this
+/// process holds on it, including the SHARED lock by which SQLite's open
+/// connections tell other processes they are there. Without that lock, the
+/// next process to close its last connection (a `sqlite3` shell, a backup
+/// script, the supervisor) thinks it is the last one, checkpoints and
+/// deletes `-wal` and `-shm` under the running workers. One descriptor per
+/// file ever seen at the path, a handful in a process's life; beyond
+/// [`MAX_HEADER_FILES`] a header is read with a fresh descriptor kept too.
+static HEADER_FILES: std::sync::Mutex<Vec<(FileIdentity, std::fs::File)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// More files than this and the oldest descriptor is closed (its file has
+/// long been replaced: no connection of ours is on it).
+const MAX_HEADER_FILES: usize = 64;
+
+fn read_header(path: &Path, identity: FileIdentity, header: &mut [u8; 16]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut files = HEADER_FILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, file)) = files.iter().find(|(known, _)| *known == identity) {
+        return file.read_exact_at(header, 0);
+    }
+    let file = std::fs::File::open(path)?;
+    let opened = file.metadata()?;
+    let result = file.read_exact_at(header, 0);
+    // Kept under the identity it really has (a newer file may have taken
+    // the path in between): it is never closed either.
+    if files.len() >= MAX_HEADER_FILES {
+        files.remove(0);
+    }
+    let real = FileIdentity {
+        device: opened.dev(),
+        inode: opened.ino(),
+    };
+    files.push((real, file));
+    result
 }
 
 /// Checks that the file at `path` is still `opened`, and usable.

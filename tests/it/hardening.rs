@@ -528,3 +528,63 @@ fn run_as_root_the_servers_run_as_nobody_and_a_restored_copy_is_made_theirs() {
         stack.proc.output.text()
     );
 }
+
+#[test]
+fn another_process_opening_and_closing_the_database_takes_nothing_from_the_stack() {
+    // SQLite deletes -wal and -shm when the last connection closes; it knows
+    // others are there by their locks, which a process loses if it ever
+    // closes any descriptor of the file (as a header check would).
+    let stack = Supervisor::start(&["--api-workers", "2"]);
+    let db = stack.dir.path().join("gallery.db");
+    let post = |title: &str| {
+        client()
+            .post(stack.url("/api/images.json"))
+            .body(format!(
+                r#"{{"title": "{title}", "alt_text": "", "url": "/x"}}"#
+            ))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("before"), 200);
+    // Let every process run its file checks (each request, the supervisor's
+    // watch every 500 ms) with connections open.
+    for _ in 0..20 {
+        client().get(stack.url("/api/images.json")).send().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(600)); // two watch ticks: pacing, not sync
+    let companions = |suffix: &str| std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+    // Another program on the same file: Python's sqlite3, as a script or an
+    // operator's backup would (the system's SQLite, not the tests' own).
+    for _ in 0..3 {
+        let script = "import sqlite3, sys\n\
+                      c = sqlite3.connect(sys.argv[1])\n\
+                      print(c.execute('SELECT count(*) FROM images').fetchone()[0])\n\
+                      c.close()\n";
+        let output = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        for suffix in ["-wal", "-shm"] {
+            assert!(
+                companions(suffix).exists(),
+                "{suffix} was deleted under the stack"
+            );
+        }
+    }
+    for n in 0..10 {
+        assert_eq!(post(&format!("after {n}")), 200);
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let titles: Vec<String> = conn
+        .prepare("SELECT title FROM images ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(titles.len(), 3 + 1 + 10, "{titles:?}");
+}
