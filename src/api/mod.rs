@@ -119,7 +119,7 @@ pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
         .route("/health", get(health))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
+        .with_state(Arc::new(state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
@@ -158,7 +158,7 @@ fn json_bytes(body: bytes::Bytes) -> Response {
         .into_response()
 }
 
-async fn list_images(State(state): State<ApiState>, query: ListQuery) -> Result<Response> {
+async fn list_images(State(state): State<Arc<ApiState>>, query: ListQuery) -> Result<Response> {
     let ListQuery { indent, page } = query;
     let body = match page {
         None => state.lists.body(&state.store, indent).await?,
@@ -173,7 +173,7 @@ async fn list_images(State(state): State<ApiState>, query: ListQuery) -> Result<
 }
 
 async fn create_image(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     indent: Indent,
     MaybeKey(key): MaybeKey,
     AnyJson(body, raw): AnyJson,
@@ -201,7 +201,7 @@ async fn create_image(
     }
 }
 
-async fn health(State(state): State<ApiState>) -> Result<Response> {
+async fn health(State(state): State<Arc<ApiState>>) -> Result<Response> {
     let store = state.store.clone();
     match blocking(move || store.ping()).await {
         Ok(()) => Ok(error::json_body(&json!({

@@ -227,6 +227,11 @@ http {{
         location /api/ {{
             rewrite ^/api/(.*)$ /$1 break;
             proxy_pass http://$gallery_api_upstream;
+            # Room for a whole large list (1,000 rows: ~215 KB) in memory,
+            # read from the worker in a few large reads.
+            proxy_buffer_size 64k;
+            proxy_buffers 8 64k;
+            proxy_busy_buffers_size 128k;
             error_page 400 @api_400;
             error_page 408 @api_408;
             error_page 413 @api_413;

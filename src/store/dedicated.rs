@@ -94,7 +94,9 @@ impl Dedicated {
     /// `PRAGMA data_version`, read on this connection.
     pub(super) fn data_version(&self) -> Result<DataVersion, StoreError> {
         self.with(|connection, epoch| {
-            let version = connection.pragma_query_value(None, "data_version", |row| row.get(0))?;
+            let version = connection
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |row| row.get(0))?;
             Ok(DataVersion {
                 generation: 0,
                 epoch,
