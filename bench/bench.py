@@ -250,7 +250,7 @@ class Stack:
 
     def start(self):
         supervisor = os.path.join(RELEASE, "gallery-supervisor")
-        argv = [supervisor, "--port", "0", "--static-port", "0", "--api-base-port", "0",
+        argv = [supervisor, "--port", "0", "--static-port", "0", "--api-base-port", "0", "--admin-port", "0",
                 "--api-workers", "3", "--run-dir", self.run_dir, "--database", self.database]
         self.log = open(self.log_path, "w")
         self.proc = self.processes.start("gallery-supervisor", argv, stdout=self.log,

@@ -49,7 +49,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Port 0 everywhere: any free ports; the supervisor says which.
-"$supervisor" --port 0 --static-port 0 --api-base-port 0 --api-workers 1 \
+"$supervisor" --port 0 --static-port 0 --api-base-port 0 --admin-port 0 --api-workers 1 \
   --database "$work/gallery.db" --run-dir "$work/run" --assets "$repo/assets" \
   >"$log" 2>&1 &
 pid=$!

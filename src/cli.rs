@@ -300,6 +300,10 @@ pub struct StackArgs {
     /// SQLite database: sqlite://PATH, sqlite:PATH, file:PATH or a plain path.
     #[arg(long, env = "DATABASE_URL", default_value = "gallery.db")]
     pub database: String,
+    /// Port of the admin endpoint (status page, /metrics), on 127.0.0.1
+    /// only (0: any free port).
+    #[arg(long, default_value_t = 8079, value_name = "PORT")]
+    pub admin_port: u16,
     /// When the workers acknowledge a write: `full`, once fsynced (survives
     /// a power loss; concurrent writes share one fsync), or `normal`, faster,
     /// surviving a crash of any process but not a power loss.

@@ -18,6 +18,7 @@ mod body;
 mod error;
 mod idempotency;
 mod list_cache;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -55,6 +56,8 @@ pub struct ApiState {
     pub writer: GroupWriter,
     pub worker: Arc<str>,
     pub lists: Arc<ListCache>,
+    /// This worker's request counts, read by the supervisor.
+    pub stats: Arc<stats::RequestStats>,
 }
 
 impl ApiState {
@@ -64,6 +67,7 @@ impl ApiState {
             store,
             worker: Arc::from(worker),
             lists: Arc::default(),
+            stats: Arc::default(),
         }
     }
 }
@@ -114,12 +118,15 @@ pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
         .allow_headers([header::CONTENT_TYPE, IDEMPOTENCY_KEY])
         .expose_headers([WORKER_HEADER, IDEMPOTENT_REPLAYED])
         .max_age(std::time::Duration::from_secs(600));
+    let stats = state.stats.clone();
     Router::new()
         .route("/images.json", get(list_images).post(create_image))
         .route("/health", get(health))
+        .route(stats::STATS_PATH, get(request_stats))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(Arc::new(state))
+        .layer(middleware::from_fn_with_state(stats, stats::count))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
@@ -199,6 +206,18 @@ async fn create_image(
         }
         Keyed::Conflict => Err(ApiError::IdempotencyKeyReused),
     }
+}
+
+/// The request counts, for the supervisor only (its probe header; nginx
+/// blanks it, so through the front door this is a 404).
+async fn request_stats(
+    State(state): State<Arc<ApiState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response> {
+    if !headers.contains_key(crate::http::PROBE_HEADER) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(json_response(Indent(0), &state.stats.snapshot()))
 }
 
 async fn health(State(state): State<Arc<ApiState>>) -> Result<Response> {

@@ -39,9 +39,36 @@ pub fn render(plan: &Plan) -> String {
 /// blocking mode, so with a pipe there every nginx worker would stall
 /// whenever the supervisor could not drain it; a datagram that finds the
 /// queue full is dropped instead.
-pub fn render_supervised(plan: &Plan, collector: std::net::SocketAddr) -> String {
+///
+/// It also answers `stub_status` (nginx's connection counters, for the
+/// supervisor's `/metrics`) on the unix socket `status_socket` only: no
+/// port, nothing a client can reach.
+pub fn render_supervised(
+    plan: &Plan,
+    collector: std::net::SocketAddr,
+    status_socket: &std::path::Path,
+) -> String {
     let target = format!("syslog:server={collector},nohostname,tag=nginx");
-    render_with_access_log(plan, &target)
+    let mut text = render_with_access_log(plan, &target);
+    let status_server = format!(
+        "
+    # nginx's counters for the supervisor's /metrics, on a unix socket only.
+    server {{
+        listen unix:{socket};
+        access_log off;
+        location = /stub_status {{
+            stub_status;
+        }}
+        location / {{
+            return 404;
+        }}
+    }}
+",
+        socket = status_socket.display()
+    );
+    let end = text.rfind('}').expect("the http block closes");
+    text.insert_str(end, &status_server);
+    text
 }
 
 fn render_with_access_log(plan: &Plan, access_log: &str) -> String {
@@ -448,7 +475,13 @@ mod tests {
 
     #[test]
     fn under_the_supervisor_the_access_log_goes_to_its_collector() {
-        let text = render_supervised(&plan(), "127.0.0.1:5140".parse().unwrap());
+        let socket = std::path::Path::new("/run/g/nginx-status.sock");
+        let text = render_supervised(&plan(), "127.0.0.1:5140".parse().unwrap(), socket);
+        assert!(
+            text.contains("listen unix:/run/g/nginx-status.sock;"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("}\n}") || text.trim_end().ends_with('}'));
         let target = "syslog:server=127.0.0.1:5140,nohostname,tag=nginx";
         assert!(text.contains(&format!("access_log {target} gallery;")));
         assert_eq!(text.replace(target, "/dev/stdout"), render(&plan()));

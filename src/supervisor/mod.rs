@@ -17,6 +17,7 @@
 //! (`state.json`, `status`), `lock` (one supervisor per run directory).
 
 pub mod account;
+pub mod admin;
 pub mod control;
 pub mod core;
 mod lock;
@@ -269,6 +270,13 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
     bind("nginx".into(), &mut front)?;
     sockets.remove("nginx");
     plan.front_port = front;
+    // The admin endpoint: loopback only, whatever --bind says.
+    let admin_listener = crate::listen::bind(std::net::Ipv4Addr::LOCALHOST.into(), args.admin_port)
+        .map_err(|e| {
+            crate::cli::listen_error(e, "--admin-port").context("the admin endpoint cannot listen")
+        })?;
+    let admin_address = admin_listener.local_addr()?;
+    let admin = admin::AdminView::shared(plan.connect_ip(), admin::nginx_status_socket(&run_dir));
 
     let host = match plan.connect_ip() {
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
@@ -313,11 +321,23 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
         sockets,
         access_log: stack::collect_access_log()?,
         companions,
+        admin: admin.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(executor.run());
+    output::line(
+        "supervisor",
+        &format!("admin: http://{admin_address}/ (status page; metrics at /metrics)"),
+    );
+    let result = runtime.block_on(async move {
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(admin_listener, admin).await {
+                output::line("supervisor", &format!("the admin endpoint stopped: {e}"));
+            }
+        });
+        executor.run().await
+    });
     state::remove(&run_dir);
     output::flush(std::time::Duration::from_secs(2));
     result

@@ -88,6 +88,50 @@ async fn http_get(
     .flatten()
 }
 
+/// The body of `GET path` (with the probe header) from `address`, if it
+/// answers 200 within `timeout`.
+pub async fn get_body(address: SocketAddr, path: &str, timeout: Duration) -> Option<bytes::Bytes> {
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        get_over(stream, &address.to_string(), path).await
+    };
+    tokio::time::timeout(timeout, fetch).await.ok().flatten()
+}
+
+/// The same over a unix socket (nginx's `stub_status`).
+pub async fn get_body_unix(
+    socket: &std::path::Path,
+    path: &str,
+    timeout: Duration,
+) -> Option<bytes::Bytes> {
+    let fetch = async {
+        let stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+        get_over(stream, "localhost", path).await
+    };
+    tokio::time::timeout(timeout, fetch).await.ok().flatten()
+}
+
+async fn get_over<S>(stream: S, host: &str, path: &str) -> Option<bytes::Bytes>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .header(PROBE_HEADER, "1")
+        .body(Empty::<bytes::Bytes>::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    if response.status() != hyper::StatusCode::OK {
+        return None;
+    }
+    Some(response.into_body().collect().await.ok()?.to_bytes())
+}
+
 /// A TCP connect succeeds within `timeout` (for nginx, which binds its own port).
 async fn tcp_open(address: SocketAddr, timeout: Duration) -> bool {
     matches!(

@@ -90,12 +90,17 @@ impl Launcher {
             }
             // SIGTERM so nginx's master takes its workers down with it. The
             // master keeps the supervisor's account; it drops its workers'.
-            Role::Nginx => (
-                self.nginx.clone(),
-                crate::nginx::args(&self.run_dir),
-                Signal::SIGTERM,
-                None,
-            ),
+            Role::Nginx => {
+                // A master that was killed leaves its status socket behind,
+                // and the next one could not listen there.
+                let _ = std::fs::remove_file(super::admin::nginx_status_socket(&self.run_dir));
+                (
+                    self.nginx.clone(),
+                    crate::nginx::args(&self.run_dir),
+                    Signal::SIGTERM,
+                    None,
+                )
+            }
         };
         Launch {
             program,
@@ -138,6 +143,8 @@ pub(super) struct Executor {
     pub access_log: SocketAddr,
     /// The supervisor's own hold on the database (see [`account::Companions`]).
     pub companions: account::Companions,
+    /// What the admin endpoint shows (see `super::admin`).
+    pub admin: super::admin::SharedView,
 }
 
 struct Running {
@@ -360,7 +367,9 @@ impl Executor {
                     api_ports,
                     ..self.plan.clone()
                 };
-                let config = crate::nginx::render_supervised(&plan, self.access_log);
+                let status_socket = super::admin::nginx_status_socket(&self.launcher.run_dir);
+                let config =
+                    crate::nginx::render_supervised(&plan, self.access_log, &status_socket);
                 let (nginx, run_dir) = (self.launcher.nginx.clone(), self.launcher.run_dir.clone());
                 let inbox = running.inbox.clone();
                 let patience = self.grace + Duration::from_secs(5);
@@ -382,6 +391,10 @@ impl Executor {
                 Outcome::Nothing
             }
             Action::WriteState(snapshot) => {
+                self.admin
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .state = Some(snapshot.clone());
                 if let Some((jobs, _)) = &running.writer {
                     let _ = jobs.send(Job::State(snapshot));
                 }

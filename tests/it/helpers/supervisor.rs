@@ -25,6 +25,7 @@ impl Supervisor {
             ("--port", free_port().to_string()),
             ("--static-port", "0".to_string()),
             ("--api-base-port", "0".to_string()),
+            ("--admin-port", "0".to_string()),
             ("--assets", assets_dir().display().to_string()),
         ];
         for (flag, value) in defaults {
@@ -133,6 +134,26 @@ impl Supervisor {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.front_port)
+    }
+
+    /// A URL on the supervisor's admin endpoint (from its `admin:` line).
+    pub fn admin_url(&self, path: &str) -> String {
+        let base = self
+            .proc
+            .output
+            .lines()
+            .iter()
+            .find_map(|line| {
+                let (_, rest) = line.split_once("admin: http://")?;
+                Some(
+                    rest.split_whitespace()
+                        .next()?
+                        .trim_end_matches('/')
+                        .to_string(),
+                )
+            })
+            .expect("the supervisor's admin: line");
+        format!("http://{base}{path}")
     }
 
     pub fn state(&self) -> Value {
