@@ -51,6 +51,10 @@ pub struct ApiServerArgs {
     /// one is at the path (the supervisor, which creates it, passes this).
     #[arg(long)]
     pub existing_database: bool,
+    /// Do not count requests for the supervisor's /metrics (for measuring
+    /// what counting costs; the supervisor never passes it).
+    #[arg(long)]
+    pub no_request_stats: bool,
     /// When a write is acknowledged: `full`, once fsynced (it survives a
     /// power loss; concurrent writes share one fsync), or `normal`, faster,
     /// surviving a crash of any process but not a power loss.
@@ -91,6 +95,9 @@ impl ApiServerArgs {
         }
         if self.quiet_requests {
             args.push("--quiet-requests".into());
+        }
+        if self.no_request_stats {
+            args.push("--no-request-stats".into());
         }
         args.extend([
             "--synchronous".into(),
@@ -572,6 +579,7 @@ mod tests {
             existing_database: true,
             quiet_requests: true,
             synchronous: Synchronous::Normal,
+            no_request_stats: true,
         };
         let mut argv = vec![OsString::from("api-server")];
         argv.extend(args.to_args());

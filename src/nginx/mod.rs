@@ -481,10 +481,16 @@ mod tests {
             text.contains("listen unix:/run/g/nginx-status.sock;"),
             "{text}"
         );
-        assert!(text.trim_end().ends_with("}\n}") || text.trim_end().ends_with('}'));
         let target = "syslog:server=127.0.0.1:5140,nohostname,tag=nginx";
         assert!(text.contains(&format!("access_log {target} gallery;")));
-        assert_eq!(text.replace(target, "/dev/stdout"), render(&plan()));
+        // Otherwise the same config, plus the status server inside `http`.
+        let status = text.find("\n    # nginx's counters").unwrap();
+        let (front, status_server) = text.split_at(status);
+        assert_eq!(
+            format!("{front}}}\n").replace(target, "/dev/stdout"),
+            render(&plan())
+        );
+        assert!(status_server.ends_with("    }\n}\n"), "{status_server}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 mod helpers;
 
+mod admin;
+mod admin_page;
 mod api;
 mod api_extensions;
 mod browser;
