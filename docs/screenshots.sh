@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Takes the page's screenshots in docs/: page-desktop.png (1280x900) and
-# page-390.png (390x844, a phone).
+# Takes the screenshots in docs/: the gallery page, page-desktop.png
+# (1280x900) and page-390.png (390x844, a phone), and the supervisor's status
+# page, status-page.png (1280x900), after some traffic and one killed worker.
 #
 # Starts the whole stack (gallery-supervisor: nginx, the static server, one
 # API worker) on free ports over a fresh database in a temporary directory,
@@ -49,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Port 0 everywhere: any free ports; the supervisor says which.
-"$supervisor" --port 0 --static-port 0 --api-base-port 0 --admin-port 0 --api-workers 1 \
+"$supervisor" --port 0 --static-port 0 --api-base-port 0 --admin-port 0 --api-workers 3 \
   --database "$work/gallery.db" --run-dir "$work/run" --assets "$repo/assets" \
   >"$log" 2>&1 &
 pid=$!
@@ -83,3 +84,18 @@ shoot() { # FILE WIDTH HEIGHT
 }
 shoot page-desktop.png 1280 900
 shoot page-390.png 390 844
+
+# The status page: ~20 s of traffic (two samples a worker every 2 s make the
+# charts), one worker killed so that its restart shows, then a photo.
+admin=$(grep -o 'admin: http://[^ ]*' "$log" | sed 's/admin: //')
+end=$((SECONDS + 20))
+while ((SECONDS < end)); do
+  for _ in $(seq 20); do curl -s -o /dev/null "${url}api/images.json" & done
+  wait $(jobs -p | grep -v "^$pid$") 2>/dev/null || true
+  sleep 0.1
+done
+api2=$(curl -fsS "${admin}status.json" | python3 -c 'import json,sys; print([c["pid"] for c in json.load(sys.stdin)["children"] if c["name"]=="api-2"][0])')
+kill -9 "$api2"
+sleep 3
+url=$admin
+shoot status-page.png 1280 900
