@@ -294,8 +294,16 @@ impl Executor {
             }
             Action::Probe { proc, pid, spec } => {
                 let (inbox, address) = (running.inbox.clone(), self.address(spec.port));
+                let status_socket = super::admin::nginx_status_socket(&self.launcher.run_dir);
                 let task = tokio::spawn(async move {
                     probe::until_ready(spec.role, address, pid).await;
+                    if spec.role == Role::Nginx {
+                        // nginx makes its unix sockets 0666; this one is the
+                        // supervisor's alone (it exists once nginx answers).
+                        use std::os::unix::fs::PermissionsExt;
+                        let private = std::fs::Permissions::from_mode(0o600);
+                        let _ = std::fs::set_permissions(&status_socket, private);
+                    }
                     send(&inbox, Event::Ready { proc });
                 });
                 running.tasks.entry(proc).or_default().push(task);
