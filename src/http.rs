@@ -48,9 +48,25 @@ pub fn log_requests_at_debug() {
     REQUESTS_AT_DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Something told of every client request (not the supervisor's checks):
+/// its method, path, status and duration.
+pub type RequestObserver =
+    Box<dyn Fn(&axum::http::Method, &str, u16, std::time::Duration) + Send + Sync>;
+
+static REQUEST_OBSERVER: std::sync::OnceLock<RequestObserver> = std::sync::OnceLock::new();
+
+/// Tells `observer` of every client request from now on (the API's request
+/// counts for `/metrics`). It rides on [`log_request`], which already has
+/// the request's method, path, status and duration in hand, so counting
+/// costs no layer of its own. The first observer set stays.
+pub fn observe_requests(observer: RequestObserver) {
+    let _ = REQUEST_OBSERVER.set(observer);
+}
+
 /// Logs method, path, status and duration of every request: at info level,
 /// or at debug level after [`log_requests_at_debug`]; server errors (5xx)
-/// are always logged, at warn level.
+/// are always logged, at warn level. Client requests are also handed to the
+/// [`observe_requests`] observer, if any.
 pub async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -58,10 +74,11 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     // The supervisor's checks (every second) are logged only at debug level.
     let probe = request.headers().contains_key(PROBE_HEADER);
     let response = next.run(request).await;
-    let (status, ms) = (
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64() * 1000.0,
-    );
+    let took = started.elapsed();
+    let (status, ms) = (response.status().as_u16(), took.as_secs_f64() * 1000.0);
+    if !probe && let Some(observe) = REQUEST_OBSERVER.get() {
+        observe(&method, &path, status, took);
+    }
     if probe {
         tracing::debug!("{method} {path} {status} {ms:.1}ms (supervisor check)");
     } else if status >= 500 {

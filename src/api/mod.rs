@@ -58,8 +58,6 @@ pub struct ApiState {
     pub lists: Arc<ListCache>,
     /// This worker's request counts, read by the supervisor.
     pub stats: Arc<stats::RequestStats>,
-    /// Whether requests are counted at all (`--no-request-stats`).
-    pub count_requests: bool,
 }
 
 impl ApiState {
@@ -70,7 +68,6 @@ impl ApiState {
             worker: Arc::from(worker),
             lists: Arc::default(),
             stats: Arc::default(),
-            count_requests: true,
         }
     }
 }
@@ -121,20 +118,13 @@ pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
         .allow_headers([header::CONTENT_TYPE, IDEMPOTENCY_KEY])
         .expose_headers([WORKER_HEADER, IDEMPOTENT_REPLAYED])
         .max_age(std::time::Duration::from_secs(600));
-    let (stats, count_requests) = (state.stats.clone(), state.count_requests);
-    let router = Router::new()
+    Router::new()
         .route("/images.json", get(list_images).post(create_image))
         .route("/health", get(health))
         .route(stats::STATS_PATH, get(request_stats))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(Arc::new(state));
-    let router = if count_requests {
-        router.layer(middleware::from_fn_with_state(stats, stats::count))
-    } else {
-        router
-    };
-    router
+        .with_state(Arc::new(state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
@@ -258,8 +248,10 @@ pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         Store::open(&path, &options)?
     };
     let cors = CorsPolicy::parse(&args.cors_origin)?;
-    let mut state = ApiState::new(store, &args.name);
-    state.count_requests = !args.no_request_stats;
+    let state = ApiState::new(store, &args.name);
+    if !args.no_request_stats {
+        stats::count_into(state.stats.clone());
+    }
     crate::http::serve(listener, router(state, cors), &args.name)
 }
 

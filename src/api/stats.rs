@@ -1,8 +1,8 @@
 //! The worker's own request counts, for the supervisor's `/metrics`
 //! (SPEC §11): requests by route and status class, and a latency histogram.
 //!
-//! Plain atomics bumped by one middleware ([`count`]), so counting costs a
-//! few relaxed increments per request. The supervisor reads them as JSON at
+//! Plain atomics bumped from the request log ([`count_into`]), so counting
+//! costs a few relaxed increments per request and no layer of its own. The supervisor reads them as JSON at
 //! `GET /_gallery/stats`, which answers only requests carrying the
 //! supervisor's probe header: nginx blanks that header, so through the front
 //! door the path is a 404 like any unknown one. The supervisor's own checks
@@ -10,12 +10,9 @@
 //! asked for.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 /// Where the supervisor reads a worker's counts.
@@ -69,10 +66,9 @@ impl StatsSnapshot {
 }
 
 impl RequestStats {
-    fn record(&self, route: usize, status: u16, started: Instant) {
+    fn record(&self, route: usize, status: u16, took: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[route][class].fetch_add(1, Ordering::Relaxed);
-        let took = started.elapsed();
         let seconds = took.as_secs_f64();
         let bucket = BUCKETS
             .iter()
@@ -109,20 +105,12 @@ fn route_index(method: &Method, path: &str) -> usize {
     }
 }
 
-/// Counts every request but the supervisor's own (probe header).
-pub async fn count(
-    State(stats): State<std::sync::Arc<RequestStats>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if request.headers().contains_key(crate::http::PROBE_HEADER) {
-        return next.run(request).await;
-    }
-    let started = Instant::now();
-    let route = route_index(request.method(), request.uri().path());
-    let response = next.run(request).await;
-    stats.record(route, response.status().as_u16(), started);
-    response
+/// Counts every client request in `stats` (through the request log, which
+/// leaves out the supervisor's own checks).
+pub fn count_into(stats: std::sync::Arc<RequestStats>) {
+    crate::http::observe_requests(Box::new(move |method, path, status, took| {
+        stats.record(route_index(method, path), status, took);
+    }));
 }
 
 #[cfg(test)]
@@ -132,11 +120,11 @@ mod tests {
     #[test]
     fn requests_fall_into_their_route_class_and_bucket() {
         let stats = RequestStats::default();
-        let long_ago = Instant::now() - std::time::Duration::from_secs(5);
-        stats.record(0, 200, Instant::now());
-        stats.record(0, 200, Instant::now());
-        stats.record(1, 422, Instant::now());
-        stats.record(3, 503, long_ago);
+        let quick = Duration::from_micros(300);
+        stats.record(0, 200, quick);
+        stats.record(0, 200, quick);
+        stats.record(1, 422, quick);
+        stats.record(3, 503, Duration::from_secs(5));
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.requests[0], [0, 2, 0, 0, 0]);
         assert_eq!(snapshot.requests[1], [0, 0, 0, 1, 0]);
