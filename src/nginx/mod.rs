@@ -202,7 +202,9 @@ http {{
     gzip_types application/json text/css application/javascript text/javascript image/svg+xml;
 
 {cors_map}    upstream gallery_api {{
-{api_servers}        keepalive 32;
+{api_servers}        # Idle connections kept per nginx worker: enough for every client
+        # connection a worker serves at once, so none opens a new one.
+        keepalive 64;
         # Shorter than the workers' idle timeout: nginx closes first.
         keepalive_timeout 5s;
     }}
@@ -219,7 +221,7 @@ http {{
 
     upstream gallery_static {{
         server {bind}:{static_port} max_fails=0;
-        keepalive 8;
+        keepalive 64;
         keepalive_timeout 5s;
     }}
 
@@ -373,7 +375,7 @@ mod tests {
                 "{port}"
             );
         }
-        assert!(text.contains("keepalive 32;"));
+        assert!(text.contains("keepalive 64;"));
         assert!(text.contains("proxy_http_version 1.1;"));
         assert!(text.contains("proxy_set_header Connection \"\";"));
         assert!(text.contains("proxy_next_upstream error timeout"));
