@@ -63,9 +63,20 @@ struct ProcfilePorts {
 }
 
 impl ProcfilePorts {
+    /// Three consecutive ports are looked for below the ephemeral range
+    /// (32768 and up on Linux): there, a burst of outgoing connections from
+    /// another test (which take ephemeral ports and leave them in
+    /// TIME_WAIT) cannot be in the way.
     fn pick() -> ProcfilePorts {
-        let api_base = wait_for(Duration::from_secs(10), "3 consecutive free ports", || {
-            let base = crate::helpers::free_port();
+        let mut random = crate::helpers::XorShift(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1,
+        );
+        let api_base = wait_for(Duration::from_secs(30), "3 consecutive free ports", || {
+            let base = 20_000 + (random.next() % 12_000) as u16;
             let held: Vec<_> = (0..3)
                 .map_while(|k| base.checked_add(k))
                 .map_while(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
