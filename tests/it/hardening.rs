@@ -90,14 +90,7 @@ fn under_umask_000_nothing_in_the_run_directory_is_world_writable() {
         .args(inner.get_args());
     let stack = Supervisor::start_command(dir, command);
     // The stack has served and written what it writes.
-    assert_eq!(
-        client()
-            .get(stack.url("/api/health"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(stack.get_status("/api/health"), 200);
     let mut checked = modes(&stack.run_dir());
     checked.extend(
         modes(stack.dir.path())
@@ -471,16 +464,7 @@ fn run_as_root_the_servers_run_as_nobody_and_a_restored_copy_is_made_theirs() {
         "{}",
         stack.proc.output.text()
     );
-    let post = |title: &str| {
-        client()
-            .post(stack.url("/api/images.json"))
-            .body(format!(
-                r#"{{"title": "{title}", "alt_text": "", "url": "/x"}}"#
-            ))
-            .send()
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
+    let post = |title: &str| stack.post_image(title);
     assert_eq!(post("written by nobody"), 200);
     let db = stack.dir.path().join("gallery.db");
     assert_eq!(std::fs::metadata(&db).unwrap().uid(), nobody);
@@ -536,17 +520,7 @@ fn another_process_opening_and_closing_the_database_takes_nothing_from_the_stack
     // closes any descriptor of the file (as a header check would).
     let stack = Supervisor::start(&["--api-workers", "2"]);
     let db = stack.dir.path().join("gallery.db");
-    let post = |title: &str| {
-        client()
-            .post(stack.url("/api/images.json"))
-            .body(format!(
-                r#"{{"title": "{title}", "alt_text": "", "url": "/x"}}"#
-            ))
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let post = |title: &str| stack.post_image(title);
     assert_eq!(post("before"), 200);
     // Let every process run its file checks (each request, the supervisor's
     // watch every 500 ms) with connections open.

@@ -107,14 +107,7 @@ fn an_nginx_include_joins_the_server_block_and_a_bad_one_fails_the_start() {
     let extra = client().get(stack.url("/extra")).send().unwrap();
     assert_eq!(extra.status(), 200);
     assert_eq!(extra.text().unwrap(), "included\n");
-    assert_eq!(
-        client()
-            .get(stack.url("/api/health"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(stack.get_status("/api/health"), 200);
     drop(stack);
 
     let dir = Supervisor::temp_dir();

@@ -193,14 +193,7 @@ fn killed_static_server_and_nginx_are_restarted() {
             200,
             "{name}"
         );
-        assert_eq!(
-            client()
-                .get(stack.url("/api/health"))
-                .send()
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(stack.get_status("/api/health"), 200);
         wait_until(
             Duration::from_secs(2),
             "the old process group to be gone",

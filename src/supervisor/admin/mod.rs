@@ -243,17 +243,32 @@ struct Scrape {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One family of constant values, each with its labels.
+fn family<V: Copy, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    values: &[(Labels, V)],
+    metric: impl Fn(V) -> M,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in values {
+        metric(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     values: &[(Labels, i64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in values {
-        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(
+        encoder,
+        (name, help, MetricType::Gauge),
+        values,
+        ConstGauge::new,
+    )
 }
 
 fn counter(
@@ -262,11 +277,12 @@ fn counter(
     help: &str,
     values: &[(Labels, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in values {
-        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(
+        encoder,
+        (name, help, MetricType::Counter),
+        values,
+        ConstCounter::new,
+    )
 }
 
 /// "exit code 3" → 3; "signal 9 (SIGKILL)" → the signal.

@@ -136,6 +136,28 @@ impl Supervisor {
         format!("http://127.0.0.1:{}{path}", self.front_port)
     }
 
+    /// The status of `GET path` through the front door.
+    pub fn get_status(&self, path: &str) -> u16 {
+        super::client()
+            .get(self.url(path))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The status of a POST of an image titled `title` through the front
+    /// door (0 when no answer came).
+    pub fn post_image(&self, title: &str) -> u16 {
+        super::client()
+            .post(self.url("/api/images.json"))
+            .body(format!(
+                r#"{{"title": "{title}", "alt_text": "", "url": "/x"}}"#
+            ))
+            .send()
+            .map_or(0, |r| r.status().as_u16())
+    }
+
     /// A URL on the supervisor's admin endpoint (from its `admin:` line).
     pub fn admin_url(&self, path: &str) -> String {
         let base = self
