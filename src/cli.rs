@@ -20,6 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 use clap::parser::ValueSource;
 
+use crate::plan::{HostRole, LbMethod, Upstream};
 use crate::static_files::Origin;
 use crate::store::Synchronous;
 use crate::supervisor::policy;
@@ -195,7 +196,7 @@ impl SupervisorArgs {
                 | SupervisorCommand::Scale { at, .. }
                 | SupervisorCommand::Stop(at),
             ) => at.run_dir.as_deref(),
-            Some(SupervisorCommand::NginxConfig(_)) | None => None,
+            Some(SupervisorCommand::NginxConfig { .. }) | None => None,
         };
         after.unwrap_or(&self.run_dir)
     }
@@ -214,7 +215,15 @@ pub enum SupervisorCommand {
         at: RunDir,
     },
     /// Print the nginx config the supervisor would generate for these flags.
-    NginxConfig(PlanArgs),
+    NginxConfig {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// The workers' database, as the supervisor is given it: with a
+        /// PostgreSQL URL POSTs are balanced over every worker (default:
+        /// a SQLite file, whose POSTs go to one worker).
+        #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+        database: Option<String>,
+    },
     /// Replace every child with a fresh process of the program now on disk,
     /// one at a time, and reload nginx in place (deploys new code).
     Reload(RunDir),
@@ -297,6 +306,25 @@ pub struct PlanArgs {
     /// `server_name`, extra locations); checked by `nginx -t` with the rest.
     #[arg(long, value_name = "FILE")]
     pub nginx_include: Option<PathBuf>,
+    /// What this host runs: `all`, the whole stack; `workers`, only the API
+    /// workers (on --bind; no nginx, no static server), for a front on
+    /// another host; `front`, nginx and the static server in front of the
+    /// --upstream workers.
+    #[arg(long, value_enum, default_value_t = HostRole::All, value_name = "ROLE")]
+    pub role: HostRole,
+    /// A worker on another host, added to nginx's upstream beside the local
+    /// ones and failed over like them (repeatable): HOST:PORT, an IPv6
+    /// address as [ADDR]:PORT, with `,weight=N` (1-1000, default 1) for a
+    /// bigger share.
+    #[arg(long = "upstream", value_name = "HOST:PORT[,weight=N]")]
+    pub upstream: Vec<Upstream>,
+    /// How nginx spreads requests over the workers: `round-robin` (in turn,
+    /// by weight), `least-conn` (to the one with the fewest in flight) or
+    /// `ip-hash` (each client address sticks to one worker; nginx allows no
+    /// backup servers with it, so a burst of failures can leave no live
+    /// worker for a moment: 502).
+    #[arg(long, value_enum, default_value_t = LbMethod::RoundRobin, value_name = "METHOD")]
+    pub lb_method: LbMethod,
 }
 
 /// The settings of a running stack (no subcommand).
@@ -307,6 +335,11 @@ pub struct StackArgs {
     /// SQLite database: sqlite://PATH, sqlite:PATH, file:PATH or a plain path.
     #[arg(long, env = "DATABASE_URL", default_value = "gallery.db")]
     pub database: String,
+    /// Put before each API worker's name (`b-` → b-api-1, b-api-2) in
+    /// X-Worker, /health, status and metrics: tells apart the workers of
+    /// several hosts behind one nginx.
+    #[arg(long, default_value = "", value_parser = parse_name_prefix, value_name = "PREFIX")]
+    pub name_prefix: String,
     /// Port of the admin endpoint (status page, /metrics), on 127.0.0.1
     /// only (0: any free port).
     #[arg(long, default_value_t = 8079, value_name = "PORT")]
@@ -360,6 +393,23 @@ pub struct StackArgs {
     /// runs as root (default: nobody; `root` keeps them root).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
+}
+
+/// A `--name-prefix`: letters, digits, `.`, `_` and `-`, up to 32, so that
+/// a worker's name stays a plain header value and a plain argument.
+pub fn parse_name_prefix(text: &str) -> Result<String, String> {
+    if text.len() > 32 {
+        return Err(format!("{text:?} is longer than 32 characters"));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{text:?} has {c:?}: use letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// An `--bind` value: an IP address, or a host name resolved now
@@ -655,9 +705,13 @@ mod tests {
             "--api-workers",
             "--bind",
             "--cors-origin",
+            "--database",
+            "--lb-method",
             "--nginx-include",
             "--port",
+            "--role",
             "--static-port",
+            "--upstream",
         ];
         assert_eq!(flags_in_help("nginx-config"), plan_flags);
     }
@@ -699,7 +753,7 @@ mod tests {
         );
         assert_eq!(run_dir(&["--run-dir", "f"]), PathBuf::from("f"));
         let parsed = supervisor(&["nginx-config", "--port", "9000", "--api-workers", "2"]).unwrap();
-        let Some(SupervisorCommand::NginxConfig(plan)) = parsed.args.command else {
+        let Some(SupervisorCommand::NginxConfig { plan, .. }) = parsed.args.command else {
             panic!("nginx-config");
         };
         assert_eq!((plan.port, plan.api_workers), (9000, 2));
@@ -791,5 +845,51 @@ mod tests {
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn roles_upstreams_and_lb_methods_parse_on_the_stack_and_nginx_config() {
+        let stack = supervisor(&[
+            "--role",
+            "front",
+            "--upstream",
+            "127.0.0.2:9001",
+            "--upstream",
+            "[::1]:9002,weight=4",
+            "--lb-method",
+            "ip-hash",
+        ])
+        .unwrap()
+        .args
+        .stack;
+        assert_eq!(stack.plan.role, HostRole::Front);
+        assert_eq!(stack.plan.upstream[1].to_string(), "[::1]:9002,weight=4");
+        assert_eq!(stack.plan.lb_method, LbMethod::IpHash);
+        let defaults = supervisor(&[]).unwrap().args.stack;
+        assert_eq!(
+            (defaults.plan.role, defaults.plan.lb_method),
+            (HostRole::All, LbMethod::RoundRobin)
+        );
+        assert!(defaults.plan.upstream.is_empty() && defaults.name_prefix.is_empty());
+        let parsed = supervisor(&["nginx-config", "--lb-method", "least-conn", "--database", "postgres://db/g"]).unwrap();
+        let Some(SupervisorCommand::NginxConfig { plan, database }) = parsed.args.command else {
+            panic!("nginx-config");
+        };
+        assert_eq!(plan.lb_method, LbMethod::LeastConn);
+        assert_eq!(database.as_deref(), Some("postgres://db/g"));
+        for (argv, needle) in [
+            (&["--upstream", "h:1,weight=0"][..], "from 1 to 1000"),
+            (&["--upstream", "h"], "has no port"),
+            (&["--role", "both"], "--role"),
+            (&["--lb-method", "random"], "--lb-method"),
+            (&["--name-prefix", "b/"], "use letters, digits"),
+        ] {
+            let error = supervisor(argv).unwrap_err().to_string();
+            assert!(error.contains(needle), "{argv:?}: {error}");
+        }
+        assert_eq!(
+            supervisor(&["--name-prefix", "host-b."]).unwrap().args.stack.name_prefix,
+            "host-b."
+        );
     }
 }

@@ -15,13 +15,21 @@
 //! that is being replaced closes its idle keepalive connections, and a POST
 //! written onto one at that moment could not be retried. nginx's own errors
 //! under `/api/` are JSON like the workers', with the same CORS origins.
+//!
+//! Balancing: the upstream lists the local workers, then other hosts'
+//! (`--upstream`, with their weights), all with the same failover settings
+//! and the same backup entries; `--lb-method` adds `least_conn;` or
+//! `ip_hash;`. nginx refuses backup servers beside `ip_hash`, so with it
+//! failover rests on `max_fails` and `proxy_next_upstream` alone. POSTs go
+//! to one local worker (SQLite) or, when the workers share a database
+//! across hosts (remote workers, PostgreSQL), are balanced like the reads.
 
 use std::fmt::Write;
 use std::path::Path;
 use std::process::Command;
 
 use crate::api::MAX_BODY_BYTES;
-use crate::plan::Plan;
+use crate::plan::{LbMethod, Plan, Writes};
 use crate::supervisor::probe::PROBE_HEADER;
 
 /// The config file name inside the run directory.
@@ -73,45 +81,29 @@ pub fn render_supervised(
 
 fn render_with_access_log(plan: &Plan, access_log: &str) -> String {
     let bind = host(plan.connect_ip());
-    let mut api_servers = String::new();
-    for port in &plan.api_ports {
-        writeln!(
-            api_servers,
-            "        server {bind}:{port} max_fails=3 fail_timeout=1s;"
-        )
-        .unwrap();
-    }
-    // The same workers again as backups that are never marked down: a
-    // SIGKILLed worker resets a burst of connections and gets marked down
-    // although its next generation answers within milliseconds on the same
-    // socket; should every worker be marked down at once, nginx tries these
-    // instead of answering 502 "no live upstreams".
-    for port in &plan.api_ports {
-        writeln!(
-            api_servers,
-            "        server {bind}:{port} backup max_fails=0;"
-        )
-        .unwrap();
-    }
-    // Writes go to one worker while it answers: SQLite has one write lock
-    // per file, and one worker committing every POST in groups (one fsync
-    // for all waiting) outpaces three taking the lock in turn. The others
-    // are backups, tried when it refuses connections (killed, restarting).
-    let mut write_servers = String::new();
-    if let Some(first) = plan.api_ports.first() {
-        writeln!(
-            write_servers,
-            "        server {bind}:{first} max_fails=3 fail_timeout=1s;"
-        )
-        .unwrap();
-    }
-    for port in &plan.api_ports {
-        writeln!(
-            write_servers,
-            "        server {bind}:{port} backup max_fails=0;"
-        )
-        .unwrap();
-    }
+    // Every worker nginx balances over: the local ones, then other hosts'.
+    let servers: Vec<(String, u16)> = plan
+        .api_ports
+        .iter()
+        .map(|port| (format!("{bind}:{port}"), 1))
+        .chain(plan.remote.iter().map(|r| (r.address(), r.weight)))
+        .collect();
+    let balanced = balanced_servers(plan, &servers);
+    let api_servers = balanced.clone();
+    let write_servers = match plan.writes {
+        Writes::Balanced => balanced,
+        Writes::OneWriter => one_writer(&servers),
+    };
+    let writes_comment = match plan.writes {
+        Writes::OneWriter => {
+            "# POSTs, over fresh connections: to the first worker, the others as
+    # backups (one writer: SQLite has one write lock; it commits in groups)."
+        }
+        Writes::Balanced => {
+            "# POSTs, over fresh connections, balanced like the reads: the
+    # workers share a database that takes writers from every host."
+        }
+    };
     // nginx's own answers carry the origins the workers allow.
     let (cors_map, allow_origin) = match crate::api::CorsPolicy::parse(&plan.cors_origins) {
         Ok(crate::api::CorsPolicy::Origins(origins)) => {
@@ -209,8 +201,7 @@ http {{
         keepalive_timeout 5s;
     }}
 
-    # POSTs, over fresh connections: to the first worker, the others as
-    # backups (one writer: SQLite has one write lock; it commits in groups).
+    {writes_comment}
     upstream gallery_api_writes {{
 {write_servers}    }}
 
@@ -289,6 +280,58 @@ http {{
     )
 }
 
+/// The `server` lines of an upstream that balances over `servers` (address,
+/// weight) with the plan's method.
+fn balanced_servers(plan: &Plan, servers: &[(String, u16)]) -> String {
+    let mut text = String::new();
+    match plan.lb_method {
+        LbMethod::RoundRobin => {}
+        LbMethod::LeastConn => text.push_str("        least_conn;\n"),
+        LbMethod::IpHash => text.push_str(
+            "        # Each client address sticks to one worker. nginx allows no backup
+        # servers here: failover is max_fails and proxy_next_upstream alone.
+        ip_hash;\n",
+        ),
+    }
+    for (address, weight) in servers {
+        let weight = match weight {
+            1 => String::new(),
+            w => format!(" weight={w}"),
+        };
+        writeln!(
+            text,
+            "        server {address}{weight} max_fails=3 fail_timeout=1s;"
+        )
+        .unwrap();
+    }
+    // The same workers again as backups that are never marked down: a
+    // SIGKILLed worker resets a burst of connections and gets marked down
+    // although its next generation answers within milliseconds on the same
+    // socket; should every worker be marked down at once, nginx tries these
+    // instead of answering 502 "no live upstreams".
+    if plan.lb_method.allows_backup_servers() {
+        for (address, _) in servers {
+            writeln!(text, "        server {address} backup max_fails=0;").unwrap();
+        }
+    }
+    text
+}
+
+/// Writes to one worker while it answers: SQLite has one write lock per
+/// file, and one worker committing every POST in groups (one fsync for all
+/// waiting) outpaces three taking the lock in turn. The others are backups,
+/// tried when it refuses connections (killed, restarting).
+fn one_writer(servers: &[(String, u16)]) -> String {
+    let mut text = String::new();
+    if let Some((first, _)) = servers.first() {
+        writeln!(text, "        server {first} max_fails=3 fail_timeout=1s;").unwrap();
+    }
+    for (address, _) in servers {
+        writeln!(text, "        server {address} backup max_fails=0;").unwrap();
+    }
+    text
+}
+
 /// An address as nginx writes it (IPv6 in brackets).
 fn host(ip: std::net::IpAddr) -> String {
     match ip {
@@ -349,7 +392,39 @@ mod tests {
             api_ports: vec![8083, 8084, 8085],
             cors_origins: Vec::new(),
             nginx_include: None,
+            role: crate::plan::HostRole::All,
+            remote: Vec::new(),
+            lb_method: LbMethod::RoundRobin,
+            writes: Writes::OneWriter,
+            worker_prefix: String::new(),
         }
+    }
+
+    /// The `server` lines of upstream `name`, and its other lines.
+    fn upstream(text: &str, name: &str) -> (Vec<String>, Vec<String>) {
+        let block = text
+            .split(&format!("    upstream {name} {{\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no upstream {name} in {text}"));
+        let block = &block[..block.find("\n    }").unwrap()];
+        let lines = block
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string);
+        lines.partition(|l| l.starts_with("server "))
+    }
+
+    fn remote_plan(method: LbMethod) -> Plan {
+        let mut plan = plan();
+        plan.api_ports = vec![8083];
+        plan.remote = vec![
+            "127.0.0.2:9001".parse().unwrap(),
+            "workers-b.example:9002,weight=5".parse().unwrap(),
+        ];
+        plan.lb_method = method;
+        plan.writes = Writes::Balanced;
+        plan
     }
 
     #[test]
@@ -500,5 +575,85 @@ mod tests {
         let mut plan = plan();
         plan.bind = "::1".parse().unwrap();
         assert!(render(&plan).contains("listen [::1]:8080 backlog=4096;"));
+    }
+
+    #[test]
+    fn round_robin_is_the_default_and_adds_no_directive() {
+        let text = render(&plan());
+        for directive in ["least_conn", "ip_hash", "weight="] {
+            assert!(!text.contains(directive), "{directive}");
+        }
+        let (servers, other) = upstream(&text, "gallery_api");
+        assert_eq!(servers.len(), 6, "{servers:?}");
+        assert_eq!(other, ["keepalive 64;", "keepalive_timeout 5s;"]);
+    }
+
+    #[test]
+    fn remote_workers_join_the_local_ones_with_their_weights_and_backups() {
+        let text = render(&remote_plan(LbMethod::RoundRobin));
+        let (servers, _) = upstream(&text, "gallery_api");
+        assert_eq!(
+            servers,
+            [
+                "server 127.0.0.1:8083 max_fails=3 fail_timeout=1s;",
+                "server 127.0.0.2:9001 max_fails=3 fail_timeout=1s;",
+                "server workers-b.example:9002 weight=5 max_fails=3 fail_timeout=1s;",
+                "server 127.0.0.1:8083 backup max_fails=0;",
+                "server 127.0.0.2:9001 backup max_fails=0;",
+                "server workers-b.example:9002 backup max_fails=0;",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_front_balances_over_the_remote_workers_only() {
+        let mut plan = remote_plan(LbMethod::RoundRobin);
+        plan.role = crate::plan::HostRole::Front;
+        plan.api_ports = Vec::new();
+        let text = render(&plan);
+        for name in ["gallery_api", "gallery_api_writes"] {
+            let (servers, _) = upstream(&text, name);
+            assert_eq!(servers.len(), 4, "{name}: {servers:?}");
+            assert!(servers.iter().all(|s| !s.contains("127.0.0.1:")), "{servers:?}");
+        }
+        assert!(text.contains("server 127.0.0.1:8082 max_fails=0;"), "the static server");
+    }
+
+    #[test]
+    fn least_conn_comes_first_and_keeps_the_backups() {
+        let text = render(&remote_plan(LbMethod::LeastConn));
+        for name in ["gallery_api", "gallery_api_writes"] {
+            let (servers, other) = upstream(&text, name);
+            assert_eq!(other.first().map(String::as_str), Some("least_conn;"), "{name}");
+            assert_eq!(servers.iter().filter(|s| s.contains(" backup ")).count(), 3);
+        }
+    }
+
+    #[test]
+    fn ip_hash_renders_no_backup_servers() {
+        let text = render(&remote_plan(LbMethod::IpHash));
+        for name in ["gallery_api", "gallery_api_writes"] {
+            let (servers, other) = upstream(&text, name);
+            assert_eq!(other.first().map(String::as_str), Some("ip_hash;"), "{name}");
+            assert_eq!(servers.len(), 3, "{name}: {servers:?}");
+            assert!(servers.iter().all(|s| s.contains("max_fails=3")), "{servers:?}");
+        }
+        assert!(!text.contains(" backup "), "{text}");
+        assert!(text.contains("proxy_next_upstream error timeout"));
+    }
+
+    #[test]
+    fn posts_are_balanced_like_the_reads_when_the_database_is_shared() {
+        let mut plan = plan();
+        plan.lb_method = LbMethod::LeastConn;
+        let one = render(&plan);
+        let (servers, other) = upstream(&one, "gallery_api_writes");
+        assert_eq!(servers.iter().filter(|s| !s.contains("backup")).count(), 1);
+        assert!(other.is_empty(), "one writer needs no method: {other:?}");
+        let shared = render(&plan.with_database("postgres://g@db/g"));
+        let (reads, _) = upstream(&shared, "gallery_api");
+        let (writes, other) = upstream(&shared, "gallery_api_writes");
+        assert_eq!(writes, reads);
+        assert_eq!(other, ["least_conn;"], "and no keepalive");
     }
 }

@@ -50,8 +50,13 @@ pub fn main(cli: Invocation<SupervisorArgs>) -> anyhow::Result<()> {
         Some(SupervisorCommand::Status { json, .. }) => {
             return state::print_status(run_dir, json);
         }
-        Some(SupervisorCommand::NginxConfig(plan)) => {
-            print!("{}", crate::nginx::render(&Plan::from_args(&plan)?));
+        Some(SupervisorCommand::NginxConfig { plan, database }) => {
+            let plan = Plan::from_args(&plan)?.with_database(database.as_deref().unwrap_or(""));
+            anyhow::ensure!(
+                plan.role.runs_nginx(),
+                "--role workers runs no nginx: there is no config to print"
+            );
+            print!("{}", crate::nginx::render(&plan));
             return Ok(());
         }
         Some(SupervisorCommand::Reload(_)) => Request::Reload,
