@@ -29,7 +29,7 @@ use nix::sys::signal::Signal;
 
 use super::policy::{Decision, RestartPolicy, RestartTracker};
 use super::state::{ChildState, Health, Phase, StackState};
-use crate::plan::{ChildSpec, Role, api_name};
+use crate::plan::{ChildSpec, Role, Upstream, worker_name};
 
 /// One process the core has asked for; never reused.
 pub type ProcId = u64;
@@ -181,8 +181,13 @@ pub struct Settings {
     /// Port of api-1 (0: any free port for every worker).
     pub api_base_port: u16,
     pub supervisor_pid: u32,
-    /// The URL announced once the stack is up.
-    pub front_url: String,
+    /// The line announced once the stack is up ("gallery is up: open URL").
+    pub announce: String,
+    /// Put before each API worker's name (`--name-prefix`).
+    pub worker_prefix: String,
+    /// Other hosts' workers in nginx's upstream: listed in `state.json`,
+    /// never supervised.
+    pub remote: Vec<Upstream>,
     /// A moment and the wall-clock time at it, to give `started_at` in Unix time.
     pub epoch: (Instant, SystemTime),
 }
@@ -431,7 +436,17 @@ impl Core {
                         .as_ref()
                         .and_then(|p| p.misses)
                         .map(|misses| Health { misses }),
+                    remote: false,
+                    address: None,
+                    weight: None,
                 })
+                .chain(
+                    self.settings
+                        .remote
+                        .iter()
+                        .enumerate()
+                        .map(|(i, upstream)| ChildState::remote(i + 1, upstream)),
+                )
                 .collect(),
         }
     }
@@ -1162,24 +1177,7 @@ impl Core {
                 match result {
                     Ok(()) => {
                         self.operation = None;
-                        let added: Vec<String> = names
-                            .iter()
-                            .filter_map(|n| self.slot_index(n))
-                            .map(|i| {
-                                let s = &self.slots[i];
-                                format!("{} (port {})", s.spec.name, s.spec.port)
-                            })
-                            .collect();
-                        Self::reply(
-                            reply,
-                            true,
-                            format!(
-                                "scaled to {} API workers: added {}",
-                                self.api_count(),
-                                added.join(", ")
-                            ),
-                            out,
-                        );
+                        self.report_scaled_up(reply, &names, out);
                     }
                     Err(error) => {
                         self.fail_operation(format!("nginx refused the new upstream: {error}"), out)
@@ -1192,16 +1190,7 @@ impl Core {
                 Ok(()) => {
                     *nginx_token = None;
                     let names = names.clone();
-                    for name in names {
-                        let Some(index) = self.slot_index(&name) else {
-                            continue;
-                        };
-                        self.slots[index].restart_timer = None;
-                        let procs: Vec<Proc> = self.slots[index].procs().cloned().collect();
-                        for p in procs {
-                            self.terminate(index, &p, out);
-                        }
-                    }
+                    self.drain_removed(&names, out);
                 }
                 Err(error) => {
                     for name in names.clone() {
@@ -1219,6 +1208,27 @@ impl Core {
             },
             _ => {}
         }
+    }
+
+    fn report_scaled_up(&self, reply: Option<ReplyTo>, names: &[String], out: &mut Vec<Action>) {
+        let added: Vec<String> = names
+            .iter()
+            .filter_map(|n| self.slot_index(n))
+            .map(|i| {
+                let s = &self.slots[i];
+                format!("{} (port {})", s.spec.name, s.spec.port)
+            })
+            .collect();
+        Self::reply(
+            reply,
+            true,
+            format!(
+                "scaled to {} API workers: added {}",
+                self.api_count(),
+                added.join(", ")
+            ),
+            out,
+        );
     }
 
     fn on_control(&mut self, reply: Option<ReplyTo>, command: Command, out: &mut Vec<Action>) {
@@ -1314,6 +1324,16 @@ impl Core {
                         force_nginx: true,
                     });
                 }
+                Command::AddWorker | Command::RemoveWorker | Command::Scale(_)
+                    if current == 0 =>
+                {
+                    Self::reply(
+                        reply,
+                        false,
+                        "this supervisor runs no API workers (--role front): scale them on their own hosts".into(),
+                        out,
+                    );
+                }
                 Command::AddWorker if current >= 64 => {
                     Self::reply(
                         reply,
@@ -1361,7 +1381,7 @@ impl Core {
                     );
                     return;
                 }
-                sockets.push((api_name(k), port as u16));
+                sockets.push((worker_name(&self.settings.worker_prefix, k), port as u16));
             }
             let token = self.next_id();
             out.push(Action::Log(format!(
@@ -1376,12 +1396,25 @@ impl Core {
             });
             out.push(Action::Bind { token, sockets });
         } else {
-            let names: Vec<String> = (target + 1..=current).map(api_name).collect();
+            let names: Vec<String> = (target + 1..=current)
+                .map(|k| worker_name(&self.settings.worker_prefix, k))
+                .collect();
             out.push(Action::Log(format!("scale: removing {}", names.join(", "))));
             for name in &names {
                 if let Some(index) = self.slot_index(name) {
                     self.slots[index].removing = true;
                 }
+            }
+            if self.nginx_index().is_none() {
+                // No nginx here (`--role workers`): nothing routes to them
+                // but what a front elsewhere retries; they drain at once.
+                self.drain_removed(&names, out);
+                self.operation = Some(Operation::ScaleDown {
+                    reply,
+                    names,
+                    nginx_token: None,
+                });
+                return;
             }
             let token = self.apply_nginx(true, out);
             self.operation = Some(Operation::ScaleDown {
@@ -1389,6 +1422,21 @@ impl Core {
                 names,
                 nginx_token: Some(token),
             });
+        }
+    }
+
+    /// SIGTERMs the processes of workers being removed (out of nginx's
+    /// upstream by now, where there is one).
+    fn drain_removed(&mut self, names: &[String], out: &mut Vec<Action>) {
+        for name in names {
+            let Some(index) = self.slot_index(name) else {
+                continue;
+            };
+            self.slots[index].restart_timer = None;
+            let procs: Vec<Proc> = self.slots[index].procs().cloned().collect();
+            for p in procs {
+                self.terminate(index, &p, out);
+            }
         }
     }
 
@@ -1528,9 +1576,16 @@ impl Core {
                 .iter()
                 .all(|n| self.slot_index(n).is_some_and(|i| self.slots[i].is_ready())) =>
             {
-                let token = self.apply_nginx(true, out);
-                if let Some(Operation::ScaleUp { stage, .. }) = &mut self.operation {
-                    *stage = ScaleUpStage::Nginx { token };
+                if self.nginx_index().is_none() {
+                    // No nginx here (`--role workers`): ready is done.
+                    if let Some(Operation::ScaleUp { reply, names, .. }) = self.operation.take() {
+                        self.report_scaled_up(reply, &names, out);
+                    }
+                } else {
+                    let token = self.apply_nginx(true, out);
+                    if let Some(Operation::ScaleUp { stage, .. }) = &mut self.operation {
+                        *stage = ScaleUpStage::Nginx { token };
+                    }
                 }
             }
             _ => {}
@@ -1582,9 +1637,7 @@ impl Core {
     }
 
     fn advance_start(&mut self, nginx_token: Option<u64>, out: &mut Vec<Action>) {
-        let Some(nginx) = self.nginx_index() else {
-            return;
-        };
+        let nginx = self.nginx_index();
         let servers = || self.slots.iter().filter(|s| s.spec.role != Role::Nginx);
         if nginx_token.is_none() {
             if !servers().all(|s| s.is_ready() || s.failed) {
@@ -1597,26 +1650,32 @@ impl Core {
                 );
                 return self.begin_stop(Err(why), None, out);
             }
-            if servers().filter(|s| s.is_api()).all(|s| s.failed) {
+            // A front (`--role front`) has no workers of its own to fail.
+            let mut workers = servers().filter(|s| s.is_api()).peekable();
+            if workers.peek().is_some() && workers.all(|s| s.failed) {
                 let why = "every API worker failed to start; see their output above".to_string();
                 return self.begin_stop(Err(why), None, out);
             }
-            let token = self.apply_nginx(false, out);
-            self.mode = Mode::Starting {
-                nginx_token: Some(token),
-            };
-            return;
-        }
-        let slot = &self.slots[nginx];
-        if slot.failed {
-            let why = format!(
-                "nginx failed to start ({}); see its output above",
-                slot.last_exit.as_deref().unwrap_or("no exit status")
-            );
-            return self.begin_stop(Err(why), None, out);
-        }
-        if !slot.is_ready() {
-            return;
+            if nginx.is_some() {
+                let token = self.apply_nginx(false, out);
+                self.mode = Mode::Starting {
+                    nginx_token: Some(token),
+                };
+                return;
+            }
+            // No nginx here (`--role workers`): up once the workers are.
+        } else if let Some(nginx) = nginx {
+            let slot = &self.slots[nginx];
+            if slot.failed {
+                let why = format!(
+                    "nginx failed to start ({}); see its output above",
+                    slot.last_exit.as_deref().unwrap_or("no exit status")
+                );
+                return self.begin_stop(Err(why), None, out);
+            }
+            if !slot.is_ready() {
+                return;
+            }
         }
         self.mode = Mode::Up;
         for slot in &self.slots {
@@ -1635,10 +1694,7 @@ impl Core {
                 slot.spec.name, slot.spec.port
             )));
         }
-        out.push(Action::Log(format!(
-            "gallery is up: open {}",
-            self.settings.front_url
-        )));
+        out.push(Action::Log(self.settings.announce.clone()));
         out.push(Action::Notify(ServiceState::Ready));
     }
 

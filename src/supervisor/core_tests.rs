@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::plan::api_name;
 
 const GRACE: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,7 +22,9 @@ fn settings() -> Settings {
         health_misses: 3,
         api_base_port: 9000,
         supervisor_pid: 1,
-        front_url: "http://127.0.0.1:8080/".into(),
+        announce: "gallery is up: open http://127.0.0.1:8080/".into(),
+        worker_prefix: String::new(),
+        remote: Vec::new(),
         epoch: (Instant::now(), UNIX_EPOCH + Duration::from_secs(1_000_000)),
     }
 }
@@ -76,10 +79,13 @@ struct Sim {
 
 impl Sim {
     fn new(workers: usize) -> Sim {
-        let settings = settings();
+        Sim::with(settings(), children(workers))
+    }
+
+    fn with(settings: Settings, children: Vec<ChildSpec>) -> Sim {
         Sim {
             now: settings.epoch.0,
-            core: Core::new(settings, children(workers)),
+            core: Core::new(settings, children),
             live: BTreeMap::new(),
             timers: Vec::new(),
             binds: Vec::new(),
@@ -855,6 +861,119 @@ fn signals_scale_by_one_and_never_below_one() {
             .unwrap()
             .starts_with("scaled to 2 API workers")
     );
+}
+
+// ---- roles (SPEC §10) ------------------------------------------------------
+
+/// `--role workers --name-prefix b-`: only the API workers, no nginx.
+fn workers_only(workers: usize) -> Sim {
+    let settings = Settings {
+        announce: "gallery workers are up: b-api-1 on 127.0.0.2:9000".into(),
+        worker_prefix: "b-".into(),
+        ..settings()
+    };
+    let specs = (1..=workers)
+        .map(|k| ChildSpec {
+            name: worker_name("b-", k),
+            role: Role::Api,
+            port: 9000 + k as u16 - 1,
+        })
+        .collect();
+    Sim::with(settings, specs)
+}
+
+#[test]
+fn workers_without_nginx_are_up_once_they_answer() {
+    let mut sim = workers_only(2);
+    sim.send(Event::Start);
+    assert_eq!(sim.spawned(), ["b-api-1", "b-api-2"]);
+    sim.ready("b-api-1");
+    assert!(sim.notified.is_empty());
+    sim.ready("b-api-2");
+    assert!(sim.nginx.is_empty(), "no nginx to configure");
+    assert_eq!(sim.notified, [ServiceState::Ready]);
+    assert!(
+        sim.logs
+            .iter()
+            .any(|l| l.starts_with("gallery workers are up: b-api-1")),
+        "{:?}",
+        sim.logs
+    );
+    assert_eq!(sim.api_names_in_state(), ["b-api-1", "b-api-2"]);
+    // A crash in service is restarted as anywhere.
+    sim.advance(Duration::from_secs(5));
+    sim.crash("b-api-2");
+    assert_eq!(sim.spawned(), ["b-api-2"]);
+}
+
+#[test]
+fn workers_without_nginx_scale_and_stop_without_waiting_for_it() {
+    let mut sim = workers_only(1);
+    sim.send(Event::Start);
+    sim.ready("b-api-1");
+    sim.control(1, Command::Scale(2));
+    assert_eq!(sim.binds[0].1, [("b-api-2".into(), 9001)]);
+    sim.answer_bind(true);
+    sim.ready("b-api-2");
+    let (ok, message) = sim.reply(1).expect("answered once ready");
+    assert!(ok && message.contains("added b-api-2 (port 9001)"), "{message}");
+    assert!(sim.nginx.is_empty());
+    let removed = sim.pid("b-api-2").unwrap();
+    sim.control(2, Command::Scale(1));
+    assert_eq!(sim.signals_sent(), [(removed, Signal::SIGTERM)]);
+    sim.reap_signalled();
+    assert!(sim.reply(2).unwrap().0);
+    assert_eq!(sim.api_names_in_state(), ["b-api-1"]);
+    sim.control(3, Command::Reload);
+    sim.ready("b-api-1");
+    sim.reap_signalled();
+    let (ok, message) = sim.reply(3).unwrap();
+    assert!(ok && message.starts_with("replaced b-api-1"), "{message}");
+    let worker = sim.pid("b-api-1").unwrap();
+    sim.send(Event::StopSignal("SIGTERM".into()));
+    assert_eq!(sim.signals_sent(), [(worker, Signal::SIGTERM)], "at once");
+    sim.reap_signalled();
+    assert_eq!(sim.exit.clone().unwrap().0, Ok(()));
+}
+
+/// `--role front --upstream 127.0.0.2:9001`: static and nginx only.
+fn front_only() -> Sim {
+    let settings = Settings {
+        remote: vec!["127.0.0.2:9001,weight=2".parse().unwrap()],
+        ..settings()
+    };
+    let mut specs = children(0);
+    assert_eq!(specs.len(), 2);
+    specs.retain(|s| s.role != Role::Api);
+    Sim::with(settings, specs)
+}
+
+#[test]
+fn a_front_starts_nginx_over_no_local_worker_and_lists_the_remote_ones() {
+    let mut sim = front_only();
+    sim.send(Event::Start);
+    assert_eq!(sim.spawned(), ["static"]);
+    sim.ready("static");
+    assert_eq!(sim.nginx[0].1, Vec::<u16>::new(), "no local worker");
+    sim.answer_nginx(Ok(()));
+    sim.ready("nginx");
+    assert_eq!(sim.notified, [ServiceState::Ready]);
+    let state = sim.written.clone().unwrap();
+    let remote = state.children.iter().find(|c| c.remote).expect("remote entry");
+    assert_eq!(remote.name, "remote-1");
+    assert_eq!(remote.address.as_deref(), Some("127.0.0.2:9001"));
+    assert_eq!((remote.pid, remote.weight, remote.state), (None, Some(2), Phase::Remote));
+    for command in [Command::Scale(2), Command::AddWorker, Command::RemoveWorker] {
+        sim.control(1, command);
+        let (ok, message) = sim.reply(1).unwrap();
+        assert!(!ok && message.contains("--role front"), "{message}");
+        sim.replies.clear();
+    }
+    assert!(sim.binds.is_empty());
+    // Restart by name still finds only supervised children.
+    sim.control(2, Command::Restart("remote-1".into()));
+    let (ok, message) = sim.reply(2).unwrap();
+    assert!(!ok && message.contains("no child named"), "{message}");
 }
 
 // ---- the property test -----------------------------------------------------

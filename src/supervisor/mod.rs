@@ -187,17 +187,31 @@ fn check_nginx(nginx: &Path) -> anyhow::Result<()> {
 
 /// Checks everything that can fail fast, binds the sockets, then supervises.
 fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> anyhow::Result<()> {
-    let mut plan = Plan::from_args(&args.plan)?;
-    let nginx = locate_nginx(&args.nginx)?;
-    check_nginx(&nginx)?;
-    anyhow::ensure!(
-        args.assets.is_dir(),
-        "assets directory {} does not exist (run from the project directory or pass --assets DIR)",
-        args.assets.display()
-    );
-    let assets = args.assets.canonicalize()?;
-    let api_program = server_program(&args.api_server, "api-server")?;
-    let static_program = server_program(&args.static_server, "static-server")?;
+    let mut plan = Plan::from_args(&args.plan)?
+        .with_database(&args.database)
+        .with_worker_prefix(&args.name_prefix);
+    // Only what this host's role runs must be there (a program it never
+    // starts stays an empty path).
+    let role = plan.role;
+    let (nginx, assets, static_program) = if role.runs_nginx() {
+        let nginx = locate_nginx(&args.nginx)?;
+        check_nginx(&nginx)?;
+        anyhow::ensure!(
+            args.assets.is_dir(),
+            "assets directory {} does not exist (run from the project directory or pass --assets DIR)",
+            args.assets.display()
+        );
+        let assets = args.assets.canonicalize()?;
+        let static_program = server_program(&args.static_server, "static-server")?;
+        (nginx, assets, static_program)
+    } else {
+        (PathBuf::new(), PathBuf::new(), PathBuf::new())
+    };
+    let api_program = if role.runs_workers() {
+        server_program(&args.api_server, "api-server")?
+    } else {
+        PathBuf::new()
+    };
 
     // Nothing the supervisor or its children create is group- or
     // world-writable, whatever the umask it was started with.
@@ -214,28 +228,39 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
     restrict_writes(&run_dir)?;
     let _lock = lock::acquire(&run_dir)?;
 
-    let database_origin = cli.origin("database");
-    let database = crate::store::parse_database_location(&args.database)
-        .with_context(|| database_origin.clone())?;
-    crate::store::Store::open(&database, &crate::store::StoreOptions::default())
-        .with_context(|| database_origin.clone())?;
-    let database = absolute(&database)?;
+    // A front runs no workers: it never opens (nor creates) a database.
+    let database = if role.runs_workers() {
+        let database_origin = cli.origin("database");
+        let database = crate::store::parse_database_location(&args.database)
+            .with_context(|| database_origin.clone())?;
+        crate::store::Store::open(&database, &crate::store::StoreOptions::default())
+            .with_context(|| database_origin.clone())?;
+        absolute(&database)?
+    } else {
+        PathBuf::new()
+    };
 
     let server_user = account::resolve(args.user.as_deref())?;
     let mut companions = account::Companions::default();
     match &server_user {
         Some(user) => {
             use account::Need;
-            account::check(user, &api_program, Need::Execute, "the API server")?;
-            account::check(user, &static_program, Need::Execute, "the static server")?;
-            account::check(user, &assets, Need::Read, "the assets directory")?;
-            let database_dir = database.parent().unwrap_or(Path::new("/"));
-            account::check(user, database_dir, Need::Enter, "the database's directory")?;
-            let identity = crate::store::identity::usable(&database)
-                .with_context(|| format!("database {}", database.display()))?;
-            companions
-                .prepare(user, &database, identity)
-                .with_context(|| format!("cannot make {} {}'s", database.display(), user.name))?;
+            if role.runs_nginx() {
+                account::check(user, &static_program, Need::Execute, "the static server")?;
+                account::check(user, &assets, Need::Read, "the assets directory")?;
+            }
+            if role.runs_workers() {
+                account::check(user, &api_program, Need::Execute, "the API server")?;
+                let database_dir = database.parent().unwrap_or(Path::new("/"));
+                account::check(user, database_dir, Need::Enter, "the database's directory")?;
+                let identity = crate::store::identity::usable(&database)
+                    .with_context(|| format!("database {}", database.display()))?;
+                companions
+                    .prepare(user, &database, identity)
+                    .with_context(|| {
+                        format!("cannot make {} {}'s", database.display(), user.name)
+                    })?;
+            }
             output::line(
                 "supervisor",
                 &format!(
@@ -266,15 +291,19 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
         sockets.insert(name, listener);
         Ok(())
     };
-    bind("static".into(), &mut plan.static_port)?;
-    for (i, port) in plan.api_ports.iter_mut().enumerate() {
-        bind(crate::plan::api_name(i + 1), port)?;
+    if role.runs_nginx() {
+        bind("static".into(), &mut plan.static_port)?;
     }
-    // nginx binds the front door itself; make sure it is free (or pick one).
-    let mut front = plan.front_port;
-    bind("nginx".into(), &mut front)?;
-    sockets.remove("nginx");
-    plan.front_port = front;
+    for (i, port) in plan.api_ports.iter_mut().enumerate() {
+        bind(crate::plan::worker_name(&plan.worker_prefix, i + 1), port)?;
+    }
+    if role.runs_nginx() {
+        // nginx binds the front door itself; make sure it is free (or pick one).
+        let mut front = plan.front_port;
+        bind("nginx".into(), &mut front)?;
+        sockets.remove("nginx");
+        plan.front_port = front;
+    }
     // The admin endpoint: loopback only, whatever --bind says.
     let admin_listener = crate::listen::bind(std::net::Ipv4Addr::LOCALHOST.into(), args.admin_port)
         .map_err(|e| {
@@ -283,9 +312,23 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
     let admin_address = admin_listener.local_addr()?;
     let admin = admin::AdminView::shared(plan.connect_ip(), admin::nginx_status_socket(&run_dir));
 
-    let host = match plan.connect_ip() {
+    let host = |ip: std::net::IpAddr| match ip {
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         ip => ip.to_string(),
+    };
+    let announce = if role.runs_nginx() {
+        let url = format!("http://{}:{}/", host(plan.connect_ip()), plan.front_port);
+        format!("gallery is up: open {url}")
+    } else {
+        let workers: Vec<String> = plan
+            .children()
+            .iter()
+            .map(|c| format!("{} on {}:{}", c.name, host(plan.bind), c.port))
+            .collect();
+        format!(
+            "gallery workers are up: {} (--role workers: no nginx here; a front adds each with --upstream HOST:PORT)",
+            workers.join(", ")
+        )
     };
     let settings = core::Settings {
         policy: RestartPolicy {
@@ -300,7 +343,9 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
         health_misses: args.health_misses,
         api_base_port: args.plan.api_base_port,
         supervisor_pid: std::process::id(),
-        front_url: format!("http://{host}:{}/", plan.front_port),
+        announce,
+        worker_prefix: plan.worker_prefix.clone(),
+        remote: plan.remote.clone(),
         epoch: (Instant::now(), SystemTime::now()),
     };
     let executor = stack::Executor {

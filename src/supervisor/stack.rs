@@ -177,11 +177,13 @@ impl Executor {
             });
         }
         listen_for_signals(&inbox)?;
-        tokio::spawn(watch_database(
-            self.launcher.database.clone(),
-            self.launcher.server_user.clone(),
-            std::mem::take(&mut self.companions),
-        ));
+        if self.plan.role.runs_workers() {
+            tokio::spawn(watch_database(
+                self.launcher.database.clone(),
+                self.launcher.server_user.clone(),
+                std::mem::take(&mut self.companions),
+            ));
+        }
         let (jobs, job_queue) = std::sync::mpsc::channel();
         let state_dir = run_dir.clone();
         let writer = std::thread::Builder::new()

@@ -1,6 +1,10 @@
 //! `state.json`: what the supervisor tells the world about its children,
 //! rewritten atomically (write a temp file, then rename) on every change,
 //! and read back by `gallery-supervisor status`.
+//!
+//! Workers of other hosts in nginx's upstream (`--upstream`) are listed
+//! too, after the children, as entries nobody here supervises: `"remote":
+//! true`, state `remote`, their address and weight, never a pid.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,8 @@ pub enum Phase {
     Backoff,
     Failed,
     Stopping,
+    /// Another host's worker in nginx's upstream: not supervised here.
+    Remote,
 }
 
 impl Phase {
@@ -31,6 +37,7 @@ impl Phase {
             Phase::Backoff => "backoff",
             Phase::Failed => "failed",
             Phase::Stopping => "stopping",
+            Phase::Remote => "remote",
         }
     }
 }
@@ -50,6 +57,36 @@ pub struct ChildState {
     /// The watchdog's view of the current process, once it has checked it.
     #[serde(default)]
     pub health: Option<Health>,
+    /// Another host's worker in nginx's upstream (`--upstream`): nobody
+    /// here supervises it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
+    /// Where nginx reaches a remote worker: HOST:PORT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// A remote worker's weight in the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+}
+
+impl ChildState {
+    /// The entry of `upstream`, the `n`th remote worker (1-based).
+    pub fn remote(n: usize, upstream: &crate::plan::Upstream) -> ChildState {
+        ChildState {
+            name: format!("remote-{n}"),
+            role: Role::Api,
+            pid: None,
+            port: upstream.port,
+            state: Phase::Remote,
+            restarts: 0,
+            last_exit: None,
+            started_at: None,
+            health: None,
+            remote: true,
+            address: Some(upstream.address()),
+            weight: Some(upstream.weight),
+        }
+    }
 }
 
 /// The watchdog's last word on a child.
@@ -106,7 +143,7 @@ pub fn table(state: &StackState, now: u64) -> String {
         "{:<8} {:<7} {:>8} {:>6}  {:<9} {:>7}  {:<8} {:>8}  LAST EXIT",
         "NAME", "ROLE", "PID", "PORT", "STATE", "UPTIME", "HEALTH", "RESTARTS"
     );
-    for child in &state.children {
+    for child in state.children.iter().filter(|c| !c.remote) {
         let role = serde_json::to_value(child.role).unwrap_or_default();
         let health = match child.health {
             None => "-".to_string(),
@@ -128,6 +165,20 @@ pub fn table(state: &StackState, now: u64) -> String {
             child.restarts,
             child.last_exit.as_deref().unwrap_or("-"),
         );
+    }
+    let remote: Vec<&ChildState> = state.children.iter().filter(|c| c.remote).collect();
+    if !remote.is_empty() {
+        out.push_str("\nother hosts' workers in nginx's upstream (not supervised here):\n");
+        let _ = writeln!(out, "{:<8} {:<24} {:>6}", "NAME", "ADDRESS", "WEIGHT");
+        for child in remote {
+            let _ = writeln!(
+                out,
+                "{:<8} {:<24} {:>6}",
+                child.name,
+                child.address.as_deref().unwrap_or("?"),
+                child.weight.unwrap_or(1),
+            );
+        }
     }
     out
 }
@@ -184,6 +235,9 @@ mod tests {
                 last_exit: None,
                 started_at: Some(1_000),
                 health: Some(Health { misses: 0 }),
+                remote: false,
+                address: None,
+                weight: None,
             }],
         }
     }
@@ -225,5 +279,28 @@ mod tests {
         assert_eq!(uptime(303), "5m03s");
         assert_eq!(uptime(7_620), "2h07m");
         assert_eq!(uptime(273_600), "3d04h");
+    }
+
+    #[test]
+    fn remote_workers_are_entries_nobody_supervises() {
+        let mut state = sample();
+        let upstream = "127.0.0.2:9001,weight=3".parse().unwrap();
+        state.children.push(ChildState::remote(1, &upstream));
+        let value = serde_json::to_value(&state).unwrap();
+        assert_eq!(
+            value["children"][1],
+            serde_json::json!({"name": "remote-1", "role": "api", "pid": null, "port": 9001,
+                "state": "remote", "restarts": 0, "last_exit": null, "started_at": null,
+                "health": null, "remote": true, "address": "127.0.0.2:9001", "weight": 3})
+        );
+        let text = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<StackState>(&text).unwrap(), state);
+        let table = table(&state, 1_000);
+        let (children, remote) = table.split_once("\nother hosts'").unwrap();
+        assert!(!children.contains("remote-1"), "{table}");
+        assert!(
+            remote.contains(&format!("remote-1 {:<24} {:>6}", "127.0.0.2:9001", 3)),
+            "{table}"
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! and nginx never proxies to it. What it shows:
 //! - every child, from the core's latest snapshot (the same data as
 //!   `state.json`): up, restarts, last exit, uptime, health-check misses;
+//!   other hosts' workers in nginx's upstream are no children: only their
+//!   weight is shown, labelled with their address;
 //! - each worker's request counts and latency histogram, read from the
 //!   worker at `/_gallery/stats` when scraped (see `crate::api::stats`);
 //! - nginx's connection counters from `stub_status`, on a unix socket in the
@@ -303,9 +305,9 @@ fn exit_code_and_signal(last_exit: Option<&str>) -> (Option<i64>, Option<i64>) {
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let child = |c: &ChildState| vec![("child", c.name.clone())];
+        let supervised = || self.children.iter().filter(|c| !c.remote);
         let each = |value: &dyn Fn(&ChildState) -> Option<i64>| -> Vec<(Labels, i64)> {
-            self.children
-                .iter()
+            supervised()
                 .filter_map(|c| Some((child(c), value(c)?)))
                 .collect()
         };
@@ -315,9 +317,7 @@ impl Collector for Scrape {
             "1 when the child runs and has answered, else 0",
             &each(&|c| Some(i64::from(c.state == Phase::Running && c.pid.is_some()))),
         )?;
-        let restarts: Vec<(Labels, u64)> = self
-            .children
-            .iter()
+        let restarts: Vec<(Labels, u64)> = supervised()
             .map(|c| (child(c), u64::from(c.restarts)))
             .collect();
         counter(
@@ -349,6 +349,22 @@ impl Collector for Scrape {
             "gallery_child_last_exit_signal",
             "Signal that ended the child's last process, when one did",
             &each(&|c| exit_code_and_signal(c.last_exit.as_deref()).1),
+        )?;
+        let remote: Vec<(Labels, i64)> = self
+            .children
+            .iter()
+            .filter(|c| c.remote)
+            .map(|c| {
+                let address = c.address.clone().unwrap_or_default();
+                let labels = vec![("worker", c.name.clone()), ("address", address)];
+                (labels, i64::from(c.weight.unwrap_or(1)))
+            })
+            .collect();
+        gauge(
+            &mut encoder,
+            "gallery_remote_worker_weight",
+            "Weight in nginx's upstream of another host's worker (--upstream; not supervised here)",
+            &remote,
         )?;
 
         let mut requests = Vec::new();
