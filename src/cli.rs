@@ -871,7 +871,14 @@ mod tests {
             (HostRole::All, LbMethod::RoundRobin)
         );
         assert!(defaults.plan.upstream.is_empty() && defaults.name_prefix.is_empty());
-        let parsed = supervisor(&["nginx-config", "--lb-method", "least-conn", "--database", "postgres://db/g"]).unwrap();
+        let parsed = supervisor(&[
+            "nginx-config",
+            "--lb-method",
+            "least-conn",
+            "--database",
+            "postgres://db/g",
+        ])
+        .unwrap();
         let Some(SupervisorCommand::NginxConfig { plan, database }) = parsed.args.command else {
             panic!("nginx-config");
         };
@@ -888,7 +895,11 @@ mod tests {
             assert!(error.contains(needle), "{argv:?}: {error}");
         }
         assert_eq!(
-            supervisor(&["--name-prefix", "host-b."]).unwrap().args.stack.name_prefix,
+            supervisor(&["--name-prefix", "host-b."])
+                .unwrap()
+                .args
+                .stack
+                .name_prefix,
             "host-b."
         );
     }

@@ -411,7 +411,10 @@ mod tests {
     #[test]
     fn an_upstream_is_host_port_and_an_optional_weight() {
         let plain = upstream("127.0.0.2:9001").unwrap();
-        assert_eq!((plain.host.as_str(), plain.port, plain.weight), ("127.0.0.2", 9001, 1));
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.weight),
+            ("127.0.0.2", 9001, 1)
+        );
         assert_eq!(plain.to_string(), "127.0.0.2:9001");
         let weighted = upstream("Workers-B.example.com:80,weight=5").unwrap();
         assert_eq!(weighted.address(), "workers-b.example.com:80");
@@ -436,7 +439,10 @@ mod tests {
             ("::1:9000", "in brackets"),
             ("[::g]:9000", "not an IPv6 address"),
             ("[::1]9000", "not [IPV6]:PORT"),
-            ("h:9000,weight=0", "weight \"0\" is not a number from 1 to 1000"),
+            (
+                "h:9000,weight=0",
+                "weight \"0\" is not a number from 1 to 1000",
+            ),
             ("h:9000,weight=1001", "from 1 to 1000"),
             ("h:9000,weight=", "from 1 to 1000"),
             ("h:9000,max_fails=1", "only weight=N"),
@@ -462,7 +468,10 @@ mod tests {
         assert_eq!(plan.lb_method, LbMethod::LeastConn);
         assert_eq!(plan.writes, Writes::Balanced);
         let local = plan_ok(&[]);
-        assert_eq!((local.lb_method, local.writes), (LbMethod::RoundRobin, Writes::OneWriter));
+        assert_eq!(
+            (local.lb_method, local.writes),
+            (LbMethod::RoundRobin, Writes::OneWriter)
+        );
         assert_eq!(local.role, HostRole::All);
     }
 
@@ -476,7 +485,12 @@ mod tests {
             assert!(is_shared_database(shared), "{shared}");
             assert_eq!(plan_ok(&[]).with_database(shared).writes, Writes::Balanced);
         }
-        for local in ["gallery.db", "sqlite://x.db", "file:x.db", "/srv/postgres://x"] {
+        for local in [
+            "gallery.db",
+            "sqlite://x.db",
+            "file:x.db",
+            "/srv/postgres://x",
+        ] {
             assert!(!is_shared_database(local), "{local}");
             assert_eq!(plan_ok(&[]).with_database(local).writes, Writes::OneWriter);
         }
@@ -484,10 +498,10 @@ mod tests {
 
     #[test]
     fn each_role_runs_its_share_of_the_children() {
-        let names = |plan: &Plan| -> Vec<String> {
-            plan.children().into_iter().map(|c| c.name).collect()
-        };
-        let workers = plan_ok(&["--role", "workers", "--api-workers", "2"]).with_worker_prefix("b-");
+        let names =
+            |plan: &Plan| -> Vec<String> { plan.children().into_iter().map(|c| c.name).collect() };
+        let workers =
+            plan_ok(&["--role", "workers", "--api-workers", "2"]).with_worker_prefix("b-");
         assert_eq!(names(&workers), ["b-api-1", "b-api-2"]);
         let front = plan_ok(&["--role", "front", "--upstream", "127.0.0.2:9001"]);
         assert_eq!(names(&front), ["static", "nginx"]);
@@ -499,7 +513,10 @@ mod tests {
     #[test]
     fn a_front_without_upstreams_and_workers_with_them_are_refused() {
         let err = plan(&["--role", "front"]).unwrap_err().to_string();
-        assert!(err.contains("--role front") && err.contains("--upstream HOST:PORT"), "{err}");
+        assert!(
+            err.contains("--role front") && err.contains("--upstream HOST:PORT"),
+            "{err}"
+        );
         let err = plan(&["--role", "workers", "--upstream", "h:1"])
             .unwrap_err()
             .to_string();

@@ -614,9 +614,15 @@ mod tests {
         for name in ["gallery_api", "gallery_api_writes"] {
             let (servers, _) = upstream(&text, name);
             assert_eq!(servers.len(), 4, "{name}: {servers:?}");
-            assert!(servers.iter().all(|s| !s.contains("127.0.0.1:")), "{servers:?}");
+            assert!(
+                servers.iter().all(|s| !s.contains("127.0.0.1:")),
+                "{servers:?}"
+            );
         }
-        assert!(text.contains("server 127.0.0.1:8082 max_fails=0;"), "the static server");
+        assert!(
+            text.contains("server 127.0.0.1:8082 max_fails=0;"),
+            "the static server"
+        );
     }
 
     #[test]
@@ -624,7 +630,11 @@ mod tests {
         let text = render(&remote_plan(LbMethod::LeastConn));
         for name in ["gallery_api", "gallery_api_writes"] {
             let (servers, other) = upstream(&text, name);
-            assert_eq!(other.first().map(String::as_str), Some("least_conn;"), "{name}");
+            assert_eq!(
+                other.first().map(String::as_str),
+                Some("least_conn;"),
+                "{name}"
+            );
             assert_eq!(servers.iter().filter(|s| s.contains(" backup ")).count(), 3);
         }
     }
@@ -634,9 +644,16 @@ mod tests {
         let text = render(&remote_plan(LbMethod::IpHash));
         for name in ["gallery_api", "gallery_api_writes"] {
             let (servers, other) = upstream(&text, name);
-            assert_eq!(other.first().map(String::as_str), Some("ip_hash;"), "{name}");
+            assert_eq!(
+                other.first().map(String::as_str),
+                Some("ip_hash;"),
+                "{name}"
+            );
             assert_eq!(servers.len(), 3, "{name}: {servers:?}");
-            assert!(servers.iter().all(|s| s.contains("max_fails=3")), "{servers:?}");
+            assert!(
+                servers.iter().all(|s| s.contains("max_fails=3")),
+                "{servers:?}"
+            );
         }
         assert!(!text.contains(" backup "), "{text}");
         assert!(text.contains("proxy_next_upstream error timeout"));

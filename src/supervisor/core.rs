@@ -1324,9 +1324,7 @@ impl Core {
                         force_nginx: true,
                     });
                 }
-                Command::AddWorker | Command::RemoveWorker | Command::Scale(_)
-                    if current == 0 =>
-                {
+                Command::AddWorker | Command::RemoveWorker | Command::Scale(_) if current == 0 => {
                     Self::reply(
                         reply,
                         false,

@@ -916,7 +916,10 @@ fn workers_without_nginx_scale_and_stop_without_waiting_for_it() {
     sim.answer_bind(true);
     sim.ready("b-api-2");
     let (ok, message) = sim.reply(1).expect("answered once ready");
-    assert!(ok && message.contains("added b-api-2 (port 9001)"), "{message}");
+    assert!(
+        ok && message.contains("added b-api-2 (port 9001)"),
+        "{message}"
+    );
     assert!(sim.nginx.is_empty());
     let removed = sim.pid("b-api-2").unwrap();
     sim.control(2, Command::Scale(1));
@@ -959,10 +962,17 @@ fn a_front_starts_nginx_over_no_local_worker_and_lists_the_remote_ones() {
     sim.ready("nginx");
     assert_eq!(sim.notified, [ServiceState::Ready]);
     let state = sim.written.clone().unwrap();
-    let remote = state.children.iter().find(|c| c.remote).expect("remote entry");
+    let remote = state
+        .children
+        .iter()
+        .find(|c| c.remote)
+        .expect("remote entry");
     assert_eq!(remote.name, "remote-1");
     assert_eq!(remote.address.as_deref(), Some("127.0.0.2:9001"));
-    assert_eq!((remote.pid, remote.weight, remote.state), (None, Some(2), Phase::Remote));
+    assert_eq!(
+        (remote.pid, remote.weight, remote.state),
+        (None, Some(2), Phase::Remote)
+    );
     for command in [Command::Scale(2), Command::AddWorker, Command::RemoveWorker] {
         sim.control(1, command);
         let (ok, message) = sim.reply(1).unwrap();

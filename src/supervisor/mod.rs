@@ -34,7 +34,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::Context;
 
 use crate::cli::{Invocation, StackArgs, SupervisorArgs, SupervisorCommand};
-use crate::plan::Plan;
+use crate::plan::{HostRole, Plan};
 use control::Request;
 use policy::RestartPolicy;
 
@@ -241,6 +241,11 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
     };
 
     let server_user = account::resolve(args.user.as_deref())?;
+    let servers = match role {
+        HostRole::All => "the API and static servers",
+        HostRole::Workers => "the API workers",
+        HostRole::Front => "the static server",
+    };
     let mut companions = account::Companions::default();
     match &server_user {
         Some(user) => {
@@ -263,15 +268,12 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
             }
             output::line(
                 "supervisor",
-                &format!(
-                    "the API and static servers run as {} (uid {})",
-                    user.name, user.uid
-                ),
+                &format!("{servers} run as {} (uid {})", user.name, user.uid),
             );
         }
         None if nix::unistd::Uid::effective().is_root() => output::line(
             "supervisor",
-            "warning: the API and static servers run as root (--user root)",
+            &format!("warning: {servers} run as root (--user root)"),
         ),
         None => {}
     }

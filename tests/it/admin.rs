@@ -25,7 +25,7 @@ fn sum(text: &str, name: &str, labels: &[&str]) -> u64 {
         .sum()
 }
 
-fn promtool_accepts(text: &str) {
+pub fn promtool_accepts(text: &str) {
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
