@@ -241,10 +241,10 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
     };
 
     let server_user = account::resolve(args.user.as_deref())?;
-    let servers = match role {
-        HostRole::All => "the API and static servers",
-        HostRole::Workers => "the API workers",
-        HostRole::Front => "the static server",
+    let servers_run = match role {
+        HostRole::All => "the API and static servers run",
+        HostRole::Workers => "the API workers run",
+        HostRole::Front => "the static server runs",
     };
     let mut companions = account::Companions::default();
     match &server_user {
@@ -268,12 +268,12 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
             }
             output::line(
                 "supervisor",
-                &format!("{servers} run as {} (uid {})", user.name, user.uid),
+                &format!("{servers_run} as {} (uid {})", user.name, user.uid),
             );
         }
         None if nix::unistd::Uid::effective().is_root() => output::line(
             "supervisor",
-            &format!("warning: {servers} run as root (--user root)"),
+            &format!("warning: {servers_run} as root (--user root)"),
         ),
         None => {}
     }
