@@ -187,7 +187,10 @@ fn subcommands_show_and_take_only_their_flags() {
         help.contains("--api-workers") && help.contains("(1-64)"),
         "{help}"
     );
-    for absent in ["--database", "--nginx ", "--health-misses", "--run-dir"] {
+    // The database decides where nginx sends POSTs (one SQLite writer, or
+    // balanced over PostgreSQL), so nginx-config takes --database too.
+    assert!(help.contains("--database"), "{help}");
+    for absent in ["--nginx ", "--health-misses", "--run-dir"] {
         assert!(!help.contains(absent), "{absent} in {help}");
     }
     for args in [
