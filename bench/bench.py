@@ -7,7 +7,8 @@ Python 3 standard library only; needs `wrk` and nginx.
 In one run, on free ports, everything started fresh in a temporary directory:
 
   the stack   gallery-supervisor with 3 API workers (nginx in front, one
-              static server, one SQLite file)
+              static server, one SQLite file; or, with --database
+              postgres://..., a fresh PostgreSQL database made for the run)
   ceilings    nginx answering the same bytes itself (`return 200`, or a
               static file for the 1,000-row body), and nginx in front of
               `examples/trivial_upstream` (fixed bytes, any method), with the
@@ -240,10 +241,10 @@ class Wrk:
 
 
 class Stack:
-    def __init__(self, processes, work):
+    def __init__(self, processes, work, database):
         self.processes = processes
+        self.database = database
         self.run_dir = os.path.join(work, "run")
-        self.database = os.path.join(work, "g.db")
         self.log_path = os.path.join(work, "stack.log")
         self.proc = None
         self.state = None
@@ -251,7 +252,7 @@ class Stack:
     def start(self):
         supervisor = os.path.join(RELEASE, "gallery-supervisor")
         argv = [supervisor, "--port", "0", "--static-port", "0", "--api-base-port", "0", "--admin-port", "0",
-                "--api-workers", "3", "--run-dir", self.run_dir, "--database", self.database]
+                "--api-workers", "3", "--run-dir", self.run_dir, "--database", self.database.arg]
         self.log = open(self.log_path, "w")
         self.proc = self.processes.start("gallery-supervisor", argv, stdout=self.log,
                                          stderr=subprocess.STDOUT, cwd=ROOT)
@@ -332,14 +333,102 @@ def as_db_owner(database, work):
     return result["ok"]
 
 
-def count_rows(database):
-    def work():
-        db = sqlite_connect(database)
-        try:
+def big_row(k):
+    """Row k of the 1,000-row table: ~215 bytes of JSON, like a real photo."""
+    return (f"Benchmark photograph number {k:04d} of the set",
+            f"A quiet harbour at dusk, boats at anchor and lights on the water (row {k:04d})",
+            f"https://images.example.com/bench/harbour-{k:04d}.jpg")
+
+
+class SqliteDatabase:
+    """The stack's SQLite file, read and filled straight (WAL mode: the
+    workers see each commit)."""
+
+    kind = "sqlite"
+
+    def __init__(self, work):
+        self.path = os.path.join(work, "g.db")
+        self.arg = self.path
+
+    def _run(self, work):
+        def opened():
+            db = sqlite_connect(self.path)
+            try:
+                return work(db)
+            finally:
+                db.close()
+        return as_db_owner(self.path, opened)
+
+    def count_rows(self):
+        return self._run(lambda db: db.execute("SELECT count(*) FROM images").fetchone()[0])
+
+    def fill_to_big(self):
+        def work(db):
+            with db:
+                db.execute("DELETE FROM images WHERE id > 3")
+                db.executemany("INSERT INTO images (title, alt_text, url) VALUES (?, ?, ?)",
+                               [big_row(k) for k in range(4, BIG_ROWS + 1)])
             return db.execute("SELECT count(*) FROM images").fetchone()[0]
-        finally:
-            db.close()
-    return as_db_owner(database, work)
+        return self._run(work)
+
+    def titles_like(self, prefix):
+        """{title: rows} for titles starting with `prefix`."""
+        return self._run(lambda db: dict(db.execute(
+            "SELECT title, count(*) FROM images WHERE title LIKE ? GROUP BY title",
+            (prefix + "%",)).fetchall()))
+
+    def drop(self):
+        pass
+
+
+class PostgresDatabase:
+    """A fresh database created for this run beside the one `--database`
+    names (the account needs CREATEDB), reached with psql, dropped at the end."""
+
+    kind = "postgres"
+
+    def __init__(self, url, run_id):
+        self.psql = shutil.which("psql")
+        if self.psql is None:
+            raise BenchError("--database postgres://... needs psql (apt-get install postgresql-client)")
+        match = re.match(r"^(postgres(?:ql)?://[^/]*/)([^?]*)(\?.*)?$", url)
+        if not match:
+            raise BenchError("--database: expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        self.admin_url = url
+        self.name = "gallery_bench_" + re.sub(r"[^0-9a-z]", "_", run_id.lower())
+        self.arg = match.group(1) + self.name + (match.group(3) or "")
+        self._sql(self.admin_url, f"CREATE DATABASE {self.name}")
+        self.created = True
+
+    def _sql(self, url, sql):
+        done = subprocess.run([self.psql, url, "-X", "-q", "-A", "-t", "-F", "\t",
+                               "-v", "ON_ERROR_STOP=1", "-c", sql],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(f"psql: {done.stderr.strip()}")
+        return done.stdout
+
+    def sql(self, sql):
+        return self._sql(self.arg, sql)
+
+    def count_rows(self):
+        return int(self.sql("SELECT count(*) FROM images").strip())
+
+    def fill_to_big(self):
+        values = ",".join("('%s','%s','%s')" % row for row in (big_row(k) for k in range(4, BIG_ROWS + 1)))
+        self.sql("BEGIN; DELETE FROM images WHERE id > 3; "
+                 f"INSERT INTO images (title, alt_text, url) VALUES {values}; COMMIT")
+        return self.count_rows()
+
+    def titles_like(self, prefix):
+        out = self.sql("SELECT title, count(*) FROM images WHERE title LIKE '%s%%' GROUP BY title"
+                       % prefix.replace("'", "''"))
+        return {title: int(n) for title, n in (line.split("\t") for line in out.splitlines() if line)}
+
+    def drop(self):
+        if self.created:
+            self._sql(self.admin_url, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+            self.created = False
 
 
 # ---------------------------------------------------------------- ceilings
@@ -504,25 +593,8 @@ def start_ceiling_nginx(processes, nginx, work, stack_conf, upstream_ports, bodi
 
 def fill_to_big(database):
     """Leaves exactly BIG_ROWS rows: the three samples and BIG_ROWS - 3
-    realistic ones (~215 bytes of JSON each), whatever the POST case added.
-    Written straight into the file (WAL mode: the workers see the commit)."""
-    def work():
-        db = sqlite_connect(database)
-        try:
-            with db:
-                db.execute("DELETE FROM images WHERE id > 3")
-                db.executemany(
-                    "INSERT INTO images (title, alt_text, url) VALUES (?, ?, ?)",
-                    [(f"Benchmark photograph number {k:04d} of the set",
-                      f"A quiet harbour at dusk, boats at anchor and lights on the water "
-                      f"(row {k:04d})",
-                      f"https://images.example.com/bench/harbour-{k:04d}.jpg")
-                     for k in range(4, BIG_ROWS + 1)])
-            return db.execute("SELECT count(*) FROM images").fetchone()[0]
-        finally:
-            db.close()
-
-    count = as_db_owner(database, work)
+    realistic ones (~215 bytes of JSON each), whatever the POST case added."""
+    count = database.fill_to_big()
     if count != BIG_ROWS:
         raise BenchError(f"the table has {count} rows, not {BIG_ROWS}, after the fill")
 
@@ -532,18 +604,8 @@ def check_posts(database, run_id, result, acked_path, connections, rows_before):
     with open(acked_path) as f:
         acked = [line.rstrip("\n") for line in f if line.strip()]
 
-    def work():
-        db = sqlite_connect(database)
-        try:
-            rows = db.execute("SELECT count(*) FROM images").fetchone()[0]
-            titles = dict(db.execute(
-                "SELECT title, count(*) FROM images WHERE title LIKE ? GROUP BY title",
-                (f"bench {run_id} %",)).fetchall())
-            return rows, titles
-        finally:
-            db.close()
-
-    rows_after, stored = as_db_owner(database, work)
+    rows_after = database.count_rows()
+    stored = database.titles_like(f"bench {run_id} ")
     ok_responses = result["requests"] - result["non2xx"]
     acked_set = set(acked)
     check = {
@@ -610,9 +672,13 @@ def run(args):
         "cases": [],
     }
     problems = []
+    database = None
     try:
         wrk = Wrk(processes, args.seconds, args.connections, args.threads, work)
-        stack = Stack(processes, work)
+        database = (PostgresDatabase(args.database, run_id) if args.database
+                    else SqliteDatabase(work))
+        results["config"]["database"] = database.kind
+        stack = Stack(processes, work, database)
         stack.start()
         front = f"http://127.0.0.1:{stack.port('nginx')}"
         static = f"http://127.0.0.1:{stack.port('static')}"
@@ -679,8 +745,8 @@ def run(args):
                 body_bytes=len(json3))
         # Metrics on vs off: two lone workers alike but for counting,
         # measured in turn twice; each keeps its better round.
-        _, counted_port = start_lone_worker(processes, work, stack.database, True)
-        _, uncounted_port = start_lone_worker(processes, work, stack.database, False)
+        _, counted_port = start_lone_worker(processes, work, stack.database.arg, True)
+        _, uncounted_port = start_lone_worker(processes, work, stack.database.arg, False)
         for round_ in (1, 2):
             for case_id, port_, what in (("4c", counted_port, "counting requests"),
                                          ("4u", uncounted_port, "not counting requests")):
@@ -700,7 +766,7 @@ def run(args):
                 body_bytes=len(json3))
 
         script = os.path.join(ROOT, "bench", "post.lua")
-        rows_before = count_rows(stack.database)
+        rows_before = stack.database.count_rows()
         acked_path = os.path.join(work, "acked.txt")
         post = measure("5", "POST /api/images.json via nginx", front + "/api/images.json",
                        "stack", script, {"BENCH_RUN": run_id, "BENCH_ACKED": acked_path},
@@ -762,6 +828,8 @@ def run(args):
         results["config"]["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
     finally:
         processes.stop_all()
+        if database is not None and not args.keep:
+            database.drop()
         if args.keep:
             say(f"kept {work}")
         else:
@@ -819,6 +887,7 @@ def report(results):
         "",
         f"gallery benchmark: wrk -t{config['threads']} -c{config['connections']} "
         f"-d{config['seconds']}s per case, {config['cpus']} CPUs, {config['nginx']}, "
+        f"database {config.get('database', 'sqlite')}, "
         f"load {' '.join(config['loadavg_before'])} before",
         "",
         f"{'':3} {'case':48} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7} "
@@ -871,6 +940,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"),
                         help="where to write the results (default bench/results.json)")
+    parser.add_argument("--database", metavar="postgres://USER:PASS@HOST:PORT/DB",
+                        help="run the stack on PostgreSQL: a fresh database is created beside "
+                             "this one for the run and dropped after (default: a fresh SQLite file)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     args.seconds = args.seconds or (1 if args.smoke else 5)

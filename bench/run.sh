@@ -5,6 +5,7 @@
 # side by side with wrk, prints the table and writes JSON.
 #
 #   bash bench/run.sh [--smoke] [--seconds N] [--connections N] [--json FILE] [--keep]
+#                     [--database postgres://USER:PASS@HOST:PORT/DB]
 #
 # --smoke: 1 s per case and 5 connections, for CI. Exits non-zero when a case
 # cannot run or the POST accounting finds a lost or duplicated row; the

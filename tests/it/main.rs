@@ -9,6 +9,7 @@ mod concurrency;
 mod foreman;
 mod hardening;
 mod operations;
+mod postgres;
 mod roles;
 mod run_script;
 mod service;

@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod load;
+pub mod postgres;
 pub mod supervisor;
 pub mod webdriver;
 
