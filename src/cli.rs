@@ -279,9 +279,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{text:?} is not a usable duration"))
 }
 
-/// The flags that shape the stack's layout: its ports, address, workers
-/// and CORS origins ([`crate::plan::Plan::from_args`]), and so the nginx
-/// config (`nginx-config` takes exactly these).
+/// The flags that shape the stack's layout: its ports, address, workers,
+/// CORS origins, role and upstreams ([`crate::plan::Plan::from_args`]),
+/// and so the nginx config (`nginx-config` takes these, and `--database`,
+/// which decides where POSTs go).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlanArgs {
     /// Front-door port (nginx; 0: any free port).
@@ -306,10 +307,7 @@ pub struct PlanArgs {
     /// `server_name`, extra locations); checked by `nginx -t` with the rest.
     #[arg(long, value_name = "FILE")]
     pub nginx_include: Option<PathBuf>,
-    /// What this host runs: `all`, the whole stack; `workers`, only the API
-    /// workers (on --bind; no nginx, no static server), for a front on
-    /// another host; `front`, nginx and the static server in front of the
-    /// --upstream workers.
+    /// What this host runs of the stack (several hosts: README).
     #[arg(long, value_enum, default_value_t = HostRole::All, value_name = "ROLE")]
     pub role: HostRole,
     /// A worker on another host, added to nginx's upstream beside the local
@@ -318,11 +316,7 @@ pub struct PlanArgs {
     /// bigger share.
     #[arg(long = "upstream", value_name = "HOST:PORT[,weight=N]")]
     pub upstream: Vec<Upstream>,
-    /// How nginx spreads requests over the workers: `round-robin` (in turn,
-    /// by weight), `least-conn` (to the one with the fewest in flight) or
-    /// `ip-hash` (each client address sticks to one worker; nginx allows no
-    /// backup servers with it, so a burst of failures can leave no live
-    /// worker for a moment: 502).
+    /// How nginx spreads requests over the workers (local and --upstream).
     #[arg(long, value_enum, default_value_t = LbMethod::RoundRobin, value_name = "METHOD")]
     pub lb_method: LbMethod,
 }

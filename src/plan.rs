@@ -37,9 +37,11 @@ pub enum HostRole {
     /// The static server, the API workers and nginx.
     #[default]
     All,
-    /// Only the API workers, for a front on another host (`--upstream`).
+    /// Only the API workers, on --bind (no nginx, no static server), for
+    /// a front on another host (its `--upstream`).
     Workers,
-    /// nginx and the static server, in front of other hosts' workers.
+    /// nginx and the static server, in front of the --upstream workers (no
+    /// database).
     Front,
 }
 
@@ -60,7 +62,9 @@ pub enum LbMethod {
     RoundRobin,
     /// To the worker with the fewest requests in flight, by weight.
     LeastConn,
-    /// Each client address to one worker, by weight.
+    /// Each client address to one worker, by weight. nginx allows no
+    /// backup servers with it: when every worker is marked down at once,
+    /// the answer is a 502 until one is tried again (1 s).
     IpHash,
 }
 
