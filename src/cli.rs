@@ -888,6 +888,9 @@ mod tests {
             let error = supervisor(argv).unwrap_err().to_string();
             assert!(error.contains(needle), "{argv:?}: {error}");
         }
+        let help = SupervisorArgs::command().render_long_help().to_string();
+        let weights = format!("`,weight=N` (1-{}, default 1)", crate::plan::MAX_WEIGHT);
+        assert!(help.contains(&weights), "{help}");
         assert_eq!(
             supervisor(&["--name-prefix", "host-b."])
                 .unwrap()
