@@ -2,7 +2,8 @@
 //!
 //! - [`cli`]: the binaries' flags, and the servers' flags as a command line.
 //! - [`plan`]: the stack's children, names and ports, from the flags; shared
-//!   by the supervisor and the nginx config.
+//!   by the supervisor and the nginx config; across hosts, what this host
+//!   runs (`--role`), other hosts' workers (`--upstream`) and balancing.
 //! - [`image`]: the domain, `Image` and the validated `NewImage`.
 //! - [`store`]: the SQLite file — location parsing, pool and pragmas,
 //!   migrations and seed, and the only SQL.
