@@ -28,6 +28,28 @@ fn shared_database(dir: &Path) -> String {
     dir.join("gallery.db").display().to_string()
 }
 
+/// Starts a stack whose front door is on a port below the ephemeral range
+/// (32768 and up on Linux). nginx binds it itself, after the supervisor
+/// has checked it and let go; a free ephemeral port could meanwhile become
+/// the local port of one of the many connections a load makes.
+fn start_stack(extra: &[&str]) -> Supervisor {
+    let mut random = crate::helpers::XorShift(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1,
+    );
+    let port = wait_for(Duration::from_secs(10), "a free port below 32768", || {
+        let port = 20_000 + (random.next() % 12_000) as u16;
+        TcpListener::bind(("127.0.0.1", port)).ok().map(|_| port)
+    })
+    .to_string();
+    let mut args = vec!["--port", &port];
+    args.extend(extra);
+    Supervisor::start(&args)
+}
+
 /// Starts `gallery-supervisor --role workers` (on 127.0.0.2, names `b-…`)
 /// and waits for its "gallery workers are up" line. It needs neither nginx
 /// nor the assets: both flags point nowhere.
@@ -80,21 +102,34 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// How many answers of `requests` GETs of `url`, sent on `connections`
-/// connections at once, came from each worker (X-Worker); every answer
-/// must be a 200.
-fn spread(url: &str, connections: usize, requests: usize) -> BTreeMap<String, usize> {
+/// How long each connection of [`answers_by_worker`] keeps sending.
+#[derive(Clone, Copy)]
+enum Each {
+    Requests(usize),
+    For(Duration),
+}
+
+/// How many answers to GETs of `url` came from each worker (X-Worker),
+/// from `connections` clients each sending its next request when the last
+/// is answered; every answer must be a 200.
+fn answers_by_worker(url: &str, connections: usize, each: Each) -> BTreeMap<String, usize> {
+    let started = Instant::now();
     let threads: Vec<_> = (0..connections)
         .map(|_| {
             let url = url.to_string();
             std::thread::spawn(move || {
                 let client = client();
                 let mut seen = BTreeMap::new();
-                for _ in 0..requests / connections {
+                let mut sent = 0;
+                while match each {
+                    Each::Requests(n) => sent < n,
+                    Each::For(run) => started.elapsed() < run,
+                } {
+                    sent += 1;
                     let response = client.get(&url).send().unwrap();
                     assert_eq!(response.status(), 200, "{url}");
                     let worker = response.headers()["x-worker"].to_str().unwrap().to_string();
-                    *seen.entry(worker).or_insert(0) += 1;
+                    *seen.entry(worker).or_insert(0usize) += 1;
                 }
                 seen
             })
@@ -127,11 +162,11 @@ fn two_hosts_share_the_load_and_a_dead_host_costs_no_get() {
     // Host A: the whole stack, its one worker beside B's two.
     let mut a_args = vec!["--api-workers", "1", "--database", &database];
     a_args.extend(strs(&upstreams));
-    let host_a = Supervisor::start(&a_args);
+    let host_a = start_stack(&a_args);
     // A front with no worker of its own, over B's two (and no database).
     let mut c_args = vec!["--role", "front"];
     c_args.extend(strs(&upstreams));
-    let front = Supervisor::start(&c_args);
+    let front = start_stack(&c_args);
     assert!(!front.dir.path().join("gallery.db").exists());
 
     // state.json and status list B's workers as remote, unsupervised.
@@ -225,7 +260,7 @@ fn two_hosts_share_the_load_and_a_dead_host_costs_no_get() {
         report.summary()
     );
     report.assert_no_failures();
-    let after = spread(&host_a.url("/api/images.json"), 2, 40);
+    let after = answers_by_worker(&host_a.url("/api/images.json"), 2, Each::Requests(20));
     assert_eq!(after.keys().collect::<Vec<_>>(), ["api-1"], "{after:?}");
 
     // With every worker gone, the front answers nginx's own JSON 502, and
@@ -373,7 +408,7 @@ fn every_lb_method_passes_nginx_t_and_serves() {
             nginx_accepts(&output.stdout);
         }
         // And a stack runs with it: GETs and a POST through nginx.
-        let stack = Supervisor::start(&["--api-workers", "2", "--lb-method", method]);
+        let stack = start_stack(&["--api-workers", "2", "--lb-method", method]);
         // nginx refuses backup servers beside ip_hash (the POSTs' upstream
         // has one writer and no method, so it keeps its backups).
         let conf = stack.nginx_conf();
@@ -384,7 +419,7 @@ fn every_lb_method_passes_nginx_t_and_serves() {
             method != "ip-hash",
             "{method}: backups\n{conf}"
         );
-        let seen = spread(&stack.url("/api/images.json"), 2, 20);
+        let seen = answers_by_worker(&stack.url("/api/images.json"), 2, Each::Requests(10));
         assert_eq!(seen.values().sum::<usize>(), 20, "{method}: {seen:?}");
         assert_eq!(stack.post_image(&format!("Balanced by {method}")), 200);
         eprintln!("{method}: GETs answered by {seen:?}");
@@ -453,35 +488,6 @@ fn serve_slowly(mut stream: TcpStream, hold: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Requests per worker of a closed-loop GET load: `connections` clients,
-/// each sending its next request when the last is answered, for `run`.
-fn closed_loop(url: &str, connections: usize, run: Duration) -> BTreeMap<String, usize> {
-    let deadline = Instant::now() + run;
-    let threads: Vec<_> = (0..connections)
-        .map(|_| {
-            let url = url.to_string();
-            std::thread::spawn(move || {
-                let client = client();
-                let mut seen = BTreeMap::new();
-                while Instant::now() < deadline {
-                    let response = client.get(&url).send().unwrap();
-                    assert_eq!(response.status(), 200, "{url}");
-                    let worker = response.headers()["x-worker"].to_str().unwrap().to_string();
-                    *seen.entry(worker).or_insert(0usize) += 1;
-                }
-                seen
-            })
-        })
-        .collect();
-    let mut total = BTreeMap::new();
-    for thread in threads {
-        for (worker, n) in thread.join().unwrap() {
-            *total.entry(worker).or_insert(0) += n;
-        }
-    }
-    total
-}
-
 #[test]
 fn least_conn_sends_fewer_requests_to_a_worker_that_holds_them() {
     let _heavy = heavy();
@@ -492,7 +498,7 @@ fn least_conn_sends_fewer_requests_to_a_worker_that_holds_them() {
     // The slow worker's requests relative to the mean of the two fast ones.
     let mut share = BTreeMap::new();
     for method in ["round-robin", "least-conn"] {
-        let stack = Supervisor::start(&[
+        let stack = start_stack(&[
             "--api-workers",
             "2",
             "--lb-method",
@@ -500,7 +506,11 @@ fn least_conn_sends_fewer_requests_to_a_worker_that_holds_them() {
             "--upstream",
             &upstream,
         ]);
-        let seen = closed_loop(&stack.url("/api/images.json"), 8, Duration::from_secs(3));
+        let seen = answers_by_worker(
+            &stack.url("/api/images.json"),
+            8,
+            Each::For(Duration::from_secs(3)),
+        );
         let count = |name: &str| seen.get(name).copied().unwrap_or(0) as f64;
         let fast = (count("api-1") + count("api-2")) / 2.0;
         assert!(fast > 0.0, "{method}: {seen:?}");
