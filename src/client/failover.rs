@@ -128,13 +128,16 @@ pub enum Unanswered {
     },
 }
 
-/// The first final answer, sending to each endpoint in turn with `send`;
-/// with the index of the endpoint that gave it and every skip before it.
+/// A final answer: the index of the endpoint that gave it, the answer, and
+/// every endpoint skipped before it.
+pub type Taken = (usize, Answer, Vec<Skipped>);
+
+/// The first final answer, sending to each endpoint in turn with `send`.
 pub fn first_answer(
     endpoints: &[Endpoint],
     resendable: bool,
     mut send: impl FnMut(&Endpoint) -> Outcome,
-) -> Result<(usize, Answer, Vec<Skipped>), Unanswered> {
+) -> Result<Taken, Unanswered> {
     let mut skipped = Vec::new();
     for (index, endpoint) in endpoints.iter().enumerate() {
         let outcome = send(endpoint);
@@ -304,13 +307,7 @@ mod tests {
 
     /// Runs [`first_answer`] over scripted outcomes; also returns which
     /// endpoints were tried.
-    fn run(
-        script: Vec<Outcome>,
-        resendable: bool,
-    ) -> (
-        Result<(usize, Answer, Vec<Skipped>), Unanswered>,
-        Vec<String>,
-    ) {
+    fn run(script: Vec<Outcome>, resendable: bool) -> (Result<Taken, Unanswered>, Vec<String>) {
         let all = endpoints(script.len());
         let mut tried = Vec::new();
         let mut script = script.into_iter();

@@ -63,16 +63,16 @@ async fn exchange(endpoint: &Endpoint, request: &Request, timeouts: Timeouts) ->
     }
 }
 
-/// The exchange on a connected stream; the error in hyper's words.
+/// The exchange on a connected stream; an error in words.
 async fn over(
     stream: tokio::net::TcpStream,
     endpoint: &Endpoint,
     request: &Request,
 ) -> Result<Answer, String> {
-    let words = |error: hyper::Error| error.to_string();
+    let said = |error: hyper::Error| words(&error);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(words)?;
+        .map_err(said)?;
     let connection = tokio::spawn(connection);
     let mut builder = hyper::Request::builder()
         .method(request.method.clone())
@@ -90,13 +90,13 @@ async fn over(
     let outgoing = builder
         .body(Full::new(request.body.clone()))
         .map_err(|e| format!("cannot make the request: {e}"))?;
-    let response = sender.send_request(outgoing).await.map_err(words)?;
+    let response = sender.send_request(outgoing).await.map_err(said)?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("the answer was cut off: {e}"))?
+        .map_err(|e| format!("the answer was cut off: {}", words(&e)))?
         .to_bytes();
     connection.abort();
     Ok(Answer {
@@ -104,4 +104,17 @@ async fn over(
         reason: status.canonical_reason().unwrap_or(""),
         body: body.to_vec(),
     })
+}
+
+/// An error and its causes on one line: hyper's own words are terse
+/// ("connection error"); the cause says which ("Connection reset by peer").
+fn words(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
