@@ -4,7 +4,9 @@
 //! - Against one stack: `list`, `add`, the API's 400 passed on, and every
 //!   endpoint down in one line.
 //! - Each way a front door can fail (refusing, hanging, answering 503) is
-//!   passed over, and a POST carries the same key and bytes to each.
+//!   passed over, and a POST carries the same key and bytes to each; a
+//!   POST stored by a front door that never answered is replayed by the
+//!   next one, not stored again.
 //! - Two whole stacks sharing one database, the client looping over both
 //!   while one stack's supervisor is SIGKILLed: no invocation fails and
 //!   every acknowledged add is stored exactly once.
@@ -259,9 +261,19 @@ fn read_request(stream: &TcpStream) -> Option<Seen> {
     Some(seen)
 }
 
-/// A front door whose workers are all busy: it answers every request
-/// with nginx's JSON 503 (CORS allowed, preflights answered) and records
-/// what it was sent.
+/// What a [`FakeDoor`] does with a request.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Answers nginx's JSON 503, as a front door whose workers are all
+    /// busy (CORS allowed, preflights answered).
+    Busy,
+    /// Passes the request on to the front door on this port, waits for its
+    /// answer, then hangs up without a word: a front door that stored a
+    /// POST and died before answering.
+    LoseTheAnswer(u16),
+}
+
+/// A stand-in front door on a free port that records what it was sent.
 struct FakeDoor {
     port: u16,
     connections: Arc<AtomicUsize>,
@@ -272,6 +284,10 @@ struct FakeDoor {
 
 impl FakeDoor {
     fn start() -> FakeDoor {
+        FakeDoor::behaving(Behaviour::Busy)
+    }
+
+    fn behaving(behaviour: Behaviour) -> FakeDoor {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -287,7 +303,7 @@ impl FakeDoor {
                     let Ok(stream) = stream else { continue };
                     connections.fetch_add(1, Ordering::SeqCst);
                     let seen = seen.clone();
-                    std::thread::spawn(move || answer_busy(stream, &seen));
+                    std::thread::spawn(move || serve(stream, &seen, behaviour));
                 }
             })
         };
@@ -325,10 +341,25 @@ impl Drop for FakeDoor {
     }
 }
 
-fn answer_busy(stream: TcpStream, seen: &Mutex<Vec<Seen>>) {
+fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>, behaviour: Behaviour) {
     let Some(request) = read_request(&stream) else {
         return;
     };
+    if let Behaviour::LoseTheAnswer(port) = behaviour {
+        let mut forward = crate::helpers::client().request(
+            request.method.parse().unwrap(),
+            format!("{}/api/images.json", door(port)),
+        );
+        for name in ["content-type", "idempotency-key"] {
+            if let Some(value) = request.header(name) {
+                forward = forward.header(name, value);
+            }
+        }
+        let answered = forward.body(request.body.clone()).send().unwrap();
+        assert_eq!(answered.status(), 200);
+        seen.lock().unwrap().push(request);
+        return; // dropping `stream`: the client gets no answer
+    }
     let cors = "Access-Control-Allow-Origin: *\r\nConnection: close\r\n";
     let response = if request.method == "OPTIONS" {
         format!(
@@ -482,6 +513,36 @@ fn a_request_passes_over_refusing_hanging_and_busy_front_doors_and_a_post_keeps_
         1,
         "{images:?}"
     );
+}
+
+#[test]
+fn a_post_one_front_door_stored_without_answering_is_replayed_by_the_other_not_stored_again() {
+    let database = SharedDatabase::new();
+    let (a, b) = two_front_doors(&database);
+    // Through this door a POST reaches A and is stored, and the client
+    // hears nothing back: as if A died between its commit and its answer.
+    let lossy = FakeDoor::behaving(Behaviour::LoseTheAnswer(a.front_port));
+    let (lossy_door, door_b) = (door(lossy.port), door(b.front_port));
+
+    let ran = run_client(
+        &[&lossy_door, &door_b],
+        &["add", "Stored once", "", "/images/cat.svg"],
+    );
+    let printed = ran.json();
+    assert_eq!(lossy.posts().len(), 1, "the POST reached A through the door");
+    assert_eq!(
+        ran.stderr_lines(),
+        [format!(
+            "gallery-client: {lossy_door} gave no answer (connection closed before message \
+             completed); trying {door_b}"
+        )]
+    );
+    // B answered with the image A stored (same id), and stored nothing.
+    let (images, keys) = database.rows();
+    let stored: Vec<&(i64, String)> = images.iter().filter(|(_, t)| t == "Stored once").collect();
+    assert_eq!(stored.len(), 1, "{images:?}");
+    assert_eq!(printed["id"], stored[0].0);
+    assert_eq!(keys.len(), 1);
 }
 
 #[test]
