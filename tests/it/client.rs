@@ -529,7 +529,11 @@ fn a_post_one_front_door_stored_without_answering_is_replayed_by_the_other_not_s
         &["add", "Stored once", "", "/images/cat.svg"],
     );
     let printed = ran.json();
-    assert_eq!(lossy.posts().len(), 1, "the POST reached A through the door");
+    assert_eq!(
+        lossy.posts().len(),
+        1,
+        "the POST reached A through the door"
+    );
     assert_eq!(
         ran.stderr_lines(),
         [format!(
@@ -679,10 +683,18 @@ fn the_page_passes_over_refused_dead_and_busy_origins_and_adds_through_a_live_fr
         api(b.front_port),
     ];
     let browser = Browser::start();
+    // Every policy violation, and every message the status line shows
+    // once the page's script has run.
     browser.on_new_document(
         "window.__violations = [];
          document.addEventListener('securitypolicyviolation',
-             (e) => window.__violations.push(e.blockedURI));",
+             (e) => window.__violations.push(e.blockedURI));
+         window.__statuses = [];
+         document.addEventListener('DOMContentLoaded', () => {
+             const status = document.getElementById('status');
+             new MutationObserver(() => window.__statuses.push(status.textContent))
+                 .observe(status, {childList: true, characterData: true, subtree: true});
+         });",
     );
     browser.navigate(&site.url(&format!("/?api={}", apis.join(","))));
     wait_until(Duration::from_secs(20), "three cards", || {
@@ -702,6 +714,10 @@ fn the_page_passes_over_refused_dead_and_busy_origins_and_adds_through_a_live_fr
         Some(browser.text(&browser.find("#status"))).filter(|s| s != "Loading images…")
     });
     assert_eq!(status, "");
+    // The policy's refusal of one origin is not the page's failure while
+    // others remain: never shown.
+    let statuses = browser.execute("return window.__statuses;", &[]);
+    assert!(!statuses.to_string().contains("may not call"), "{statuses}");
     assert_eq!(browser.text(&browser.find("#api-base")), api(a.front_port));
     assert_eq!(foreign.connections.load(Ordering::SeqCst), 0);
     let violations = browser.execute("return window.__violations;", &[]);
@@ -743,4 +759,18 @@ fn the_page_passes_over_refused_dead_and_busy_origins_and_adds_through_a_live_fr
         "{images:?}"
     );
     assert_eq!(foreign.connections.load(Ordering::SeqCst), 0);
+
+    // With none of its APIs reachable, the page names them all.
+    browser.navigate(&site.url(&format!("/?api={},{}", api(dead), api(a.front_port))));
+    let status = wait_for(Duration::from_secs(20), "the failure message", || {
+        Some(browser.text(&browser.find("#status"))).filter(|s| s != "Loading images…")
+    });
+    assert_eq!(
+        status,
+        format!(
+            "None of the APIs at {}, {} could be reached.",
+            door(dead),
+            door(a.front_port)
+        )
+    );
 }
