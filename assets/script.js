@@ -8,6 +8,12 @@
 // is refused by the browser before any request leaves; the page hears of
 // it through the `securitypolicyviolation` event and says so.
 //
+// No single front door: ?api=A,B names several APIs (front doors). Each
+// request goes to them in turn, starting with the one that answered last,
+// and moves on from one that cannot be reached, does not answer in time,
+// or answers 502/503/504; a POST carries an Idempotency-Key, so the next
+// one answers a POST the last one may have stored with the same image.
+//
 // Every other failure is named too, in words a visitor can act on: an API
 // that cannot be reached, one that refuses this page's origin (CORS), one
 // that answers with an error status, and this page opened on the static
@@ -21,23 +27,33 @@
   // A POST that failed in transit or got one of these answers is sent once
   // more with the same Idempotency-Key: the API answers a repeated key with
   // the image first stored, so a retry never stores the image twice.
+  // The same statuses send any request on to the next API, when there is
+  // one.
   var RETRY_STATUSES = [502, 503, 504];
   // Wait before that retry, unless a readable Retry-After (at most 5 s)
   // says otherwise.
   var RETRY_DELAY_MS = 500;
+  // An API that has not answered a request within this long is given up
+  // on, and the next one tried (a stopped front door never answers).
+  var REQUEST_TIMEOUT_MS = 10000;
   // Shown instead of an image that cannot be loaded: a file of this page's
   // own origin, so the policy's img-src 'self' allows it and it loads
   // wherever the page does (no data: URL: the policy refuses those).
   var PLACEHOLDER = '/images/placeholder.svg';
 
-  // Where the API lives: ?api=ORIGIN, else <meta name="gallery-api">, else
-  // this origin's /api (behind nginx).
-  function apiBase() {
+  // Where the API lives: ?api=BASE[,BASE…], else <meta name="gallery-api">
+  // (the same form), else this origin's /api (behind nginx). A base is an
+  // origin (an api-server) or a URL with a path (a front door's
+  // http://HOST:PORT/api).
+  function apiBases() {
     var fromQuery = new URLSearchParams(window.location.search).get('api');
     var meta = document.querySelector('meta[name="gallery-api"]');
     var fromMeta = meta ? meta.getAttribute('content') : '';
-    var base = fromQuery || fromMeta || '/api';
-    return base.replace(/\/+$/, '');
+    var bases = (fromQuery || fromMeta || '/api').split(',')
+      .map(function (base) { return base.trim(); })
+      .filter(function (base) { return base !== ''; })
+      .map(function (base) { return base.replace(/\/+$/, ''); });
+    return bases.length > 0 ? bases : ['/api'];
   }
 
   function originOf(url) {
@@ -48,8 +64,17 @@
     }
   }
 
-  var API = apiBase();
-  var API_ORIGIN = originOf(API);
+  // Each API as {base, origin}, in the order given.
+  var APIS = apiBases().map(function (base) {
+    return { base: base, origin: originOf(base) };
+  });
+  // The distinct origins among them, for messages.
+  var API_ORIGINS = APIS.map(function (api) { return api.origin; })
+    .filter(function (origin, i, all) { return all.indexOf(origin) === i; });
+  // The API that answered last: where the next request starts.
+  var current = 0;
+  // Origins the policy refused: not tried again while others remain.
+  var refusedOrigins = {};
   var gallery = document.getElementById('gallery');
   var status = document.getElementById('status');
   var loadMore = document.getElementById('load-more');
@@ -62,8 +87,12 @@
   // The message to show once the browser has refused to connect to the API.
   var refusal = null;
 
-  document.getElementById('api-base').textContent =
-    API_ORIGIN === window.location.origin ? 'this site' : API;
+  // Names the API the pictures come from: the one that answered last.
+  function showApi(api) {
+    document.getElementById('api-base').textContent =
+      api.origin === window.location.origin ? 'this site' : api.base;
+  }
+  showApi(APIS[0]);
 
   // Shows `text` in `element`, styled as `kind` ('error', 'success' or none).
   function show(element, text, kind) {
@@ -81,9 +110,51 @@
     this.message = message;
   }
 
-  // What an error status from the API means to the visitor.
-  function statusProblem(response) {
-    if (response.status === 404 && API_ORIGIN === window.location.origin) {
+  // A request that no API answered: the last `error` (a TypeError from
+  // fetch, or the AbortError of a timeout) and every API `tried`.
+  function Unanswered(error, tried) {
+    this.error = error;
+    this.tried = tried;
+  }
+
+  // Sends `path` under the API to each API in turn, starting with the one
+  // that answered last, until one answers with anything but 502/503/504
+  // (the last API's 502/503/504 is its answer). One that cannot be
+  // reached, or does not answer within REQUEST_TIMEOUT_MS, is passed over
+  // too. Resolves with {response, api}; rejects with an Unanswered.
+  function request(path, init) {
+    var order = [];
+    for (var i = 0; i < APIS.length; i++) order.push(APIS[(current + i) % APIS.length]);
+    var allowed = order.filter(function (api) { return !refusedOrigins[api.origin]; });
+    if (allowed.length > 0) order = allowed;
+    var tried = [];
+    function attempt(k) {
+      var api = order[k];
+      var last = k + 1 === order.length;
+      var abort = new AbortController();
+      var timer = setTimeout(function () { abort.abort(); }, REQUEST_TIMEOUT_MS);
+      var options = Object.assign({ signal: abort.signal }, init);
+      tried.push(api);
+      return fetch(api.base + path, options).then(function (response) {
+        clearTimeout(timer);
+        if (!last && RETRY_STATUSES.indexOf(response.status) >= 0) return attempt(k + 1);
+        if (RETRY_STATUSES.indexOf(response.status) < 0) {
+          current = APIS.indexOf(api);
+          showApi(api);
+        }
+        return { response: response, api: api };
+      }, function (error) {
+        clearTimeout(timer);
+        if (!last) return attempt(k + 1);
+        throw new Unanswered(error, tried);
+      });
+    }
+    return attempt(0);
+  }
+
+  // What an error status from `api` means to the visitor.
+  function statusProblem(response, api) {
+    if (response.status === 404 && api.origin === window.location.origin) {
       return new Problem('There is no gallery API at this address: this page was opened on ' +
         'its file server directly. Open the gallery through its front door (the address ' +
         'gallery-supervisor prints, such as http://127.0.0.1:8080/), or add ' +
@@ -92,35 +163,62 @@
     if (response.status >= 500) {
       return new Problem('The server had a problem (' + response.status + ').');
     }
-    return new Problem('The API at ' + API_ORIGIN + ' did not accept the request (' +
+    return new Problem('The API at ' + api.origin + ' did not accept the request (' +
       response.status + ').');
+  }
+
+  function unreadable(api) {
+    return new Problem('The API at ' + api.origin + ' sent an answer this page cannot read.');
   }
 
   // Puts a failed request into words. fetch rejects with a TypeError both
   // when nothing answers and when the answer does not allow this page's
   // origin (CORS), and says no more; a `no-cors` request for the same URL
   // tells the two apart, as it resolves (with an opaque response) whenever
-  // a server answered at all.
+  // a server answered at all. With several APIs, each one tried is asked
+  // (an API that answers nothing in time counts as not reached).
   function diagnose(error) {
     if (error instanceof Problem) return Promise.resolve(error.message);
-    if (!(error instanceof TypeError)) {
-      return Promise.resolve('The API at ' + API_ORIGIN + ' sent an answer this page cannot read.');
+    if (!(error instanceof Unanswered)) return Promise.resolve(unreadable(APIS[0]).message);
+    var tried = error.tried.filter(function (api, i, all) { return all.indexOf(api) === i; });
+    if (tried.length === 1 && error.error && error.error.name === 'AbortError') {
+      return Promise.resolve('The API at ' + tried[0].origin + ' did not answer in time.');
     }
-    return fetch(API + '/images.json?limit=1', { mode: 'no-cors', cache: 'no-store' })
-      .then(function () {
-        return 'The API at ' + API_ORIGIN + ' refused this page’s origin (CORS).';
-      }, function () {
-        return 'The API at ' + API_ORIGIN + ' could not be reached.';
-      });
+    return Promise.all(tried.map(function (api) {
+      var abort = new AbortController();
+      var timer = setTimeout(function () { abort.abort(); }, REQUEST_TIMEOUT_MS);
+      return fetch(api.base + '/images.json?limit=1',
+        { mode: 'no-cors', cache: 'no-store', signal: abort.signal })
+        .then(function () { return true; }, function () { return false; })
+        .then(function (answered) { clearTimeout(timer); return answered; });
+    })).then(function (answered) {
+      var refusing = tried.filter(function (api, i) { return answered[i]; });
+      if (refusing.length > 0) {
+        return 'The API at ' + refusing[0].origin + ' refused this page’s origin (CORS).';
+      }
+      if (tried.length === 1) {
+        return 'The API at ' + tried[0].origin + ' could not be reached.';
+      }
+      return 'None of the APIs at ' + tried.map(function (api) { return api.origin; })
+        .join(', ') + ' could be reached.';
+    });
   }
 
   document.addEventListener('securitypolicyviolation', function (event) {
-    if (event.effectiveDirective !== 'connect-src' || originOf(event.blockedURI) !== API_ORIGIN) {
+    var origin = originOf(event.blockedURI);
+    if (event.effectiveDirective !== 'connect-src' || API_ORIGINS.indexOf(origin) < 0) {
       return;
     }
-    refusal = 'This page may not call the API at ' + API_ORIGIN +
-      ': its server’s Content-Security-Policy does not allow that origin' +
-      ' (start static-server with --api-origin ' + API_ORIGIN + ').';
+    refusedOrigins[origin] = true;
+    // While another API remains, the page carries on with it.
+    if (API_ORIGINS.some(function (o) { return !refusedOrigins[o]; })) return;
+    refusal = API_ORIGINS.length === 1
+      ? 'This page may not call the API at ' + origin +
+        ': its server’s Content-Security-Policy does not allow that origin' +
+        ' (start static-server with --api-origin ' + origin + ').'
+      : 'This page may not call the APIs at ' + API_ORIGINS.join(', ') +
+        ': its server’s Content-Security-Policy does not allow those origins' +
+        ' (start static-server with --api-origin ' + API_ORIGINS.join(' --api-origin ') + ').';
     // The event may come before or after the refused fetch settles; either
     // way this message is the one left standing.
     setStatus(refusal, 'error');
@@ -177,13 +275,17 @@
   // Loads the next page and shows "Load more" while a full page came back.
   function loadPage() {
     var query = '?limit=' + PAGE_SIZE + (after > 0 ? '&after=' + after : '');
-    return fetch(API + '/images.json' + query, { headers: { Accept: 'application/json' } })
-      .then(function (response) {
-        if (!response.ok) throw statusProblem(response);
-        return response.json();
+    return request('/images.json' + query, { headers: { Accept: 'application/json' } })
+      .then(function (answer) {
+        if (!answer.response.ok) throw statusProblem(answer.response, answer.api);
+        return answer.response.json().then(function (images) {
+          if (!Array.isArray(images)) throw unreadable(answer.api);
+          return images;
+        }, function () {
+          throw unreadable(answer.api);
+        });
       })
       .then(function (images) {
-        if (!Array.isArray(images)) throw new Error('not a list');
         var cursor = after;
         // An API without pagination ignores `limit` and `after` and
         // answers every row: then this was the last page.
@@ -235,12 +337,12 @@
   // The API's error answer as {message, field}: the field its message names
   // (`url` must be…) marked, and called by its label rather than its JSON
   // name; no developer quoting left in the text.
-  function errorText(response) {
+  function errorText(response, api) {
     return response.json()
       .then(function (body) { return body && typeof body.error === 'string' ? body : null; })
       .catch(function () { return null; })
       .then(function (body) {
-        if (!body) return { message: statusProblem(response).message, field: null };
+        if (!body) return { message: statusProblem(response, api).message, field: null };
         var message = body.error;
         var named = /`([a-z_]+)`/.exec(message) || /^([a-z_]+) /.exec(message);
         var field = typeof body.field === 'string' ? body.field : named && named[1];
@@ -253,7 +355,7 @@
         }
         message = message.replace(/`/g, '');
         if (response.status >= 500) {
-          message = statusProblem(response).message.replace(/\.$/, ': ') + message;
+          message = statusProblem(response, api).message.replace(/\.$/, ': ') + message;
         }
         return { message: capitalized(message), field: field };
       });
@@ -298,9 +400,11 @@
     return seconds > 0 && seconds <= 5 ? seconds * 1000 : RETRY_DELAY_MS;
   }
 
-  // POSTs `body` under `key`, retrying as RETRY_STATUSES says.
+  // POSTs `body` under `key` to each API in turn; then, when none took
+  // it, to them all once more after a pause (`retries` rounds), the same
+  // bytes under the same key each time. Resolves with {response, api}.
   function post(body, key, retries) {
-    var sent = fetch(API + '/images.json', {
+    var sent = request('/images.json', {
       method: 'POST',
       headers: {
         'Content-Type': 'application/json',
@@ -314,8 +418,9 @@
       show(formMessage, 'Adding… (trying again)');
       return later(delay).then(function () { return post(body, key, retries - 1); });
     };
-    return sent.then(function (response) {
-      return RETRY_STATUSES.indexOf(response.status) < 0 ? response : again(retryDelay(response));
+    return sent.then(function (answer) {
+      var status = answer.response.status;
+      return RETRY_STATUSES.indexOf(status) < 0 ? answer : again(retryDelay(answer.response));
     }, function (error) {
       if (refusal) throw error;
       return again(RETRY_DELAY_MS);
@@ -334,9 +439,10 @@
     markField(null);
     show(formMessage, 'Adding…');
     post(JSON.stringify(image), idempotencyKey(), 1)
-      .then(function (response) {
+      .then(function (answer) {
+        var response = answer.response;
         if (!response.ok) {
-          return errorText(response).then(function (error) {
+          return errorText(response, answer.api).then(function (error) {
             show(formMessage, error.message, 'error');
             markField(error.field);
             if (error.field) form.elements.namedItem(error.field).focus();
@@ -347,6 +453,8 @@
           if (status.textContent === 'No images available.') setStatus('');
           form.reset();
           show(formMessage, 'Added “' + stored.title + '”.', 'success');
+        }, function () {
+          throw unreadable(answer.api);
         });
       })
       .catch(function (error) {

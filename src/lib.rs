@@ -14,6 +14,8 @@
 //! - [`origin`]: web origins, parsed once for every flag that names one.
 //! - [`http`]: shared HTTP plumbing — request log, graceful serving, logging.
 //! - [`nginx`]: the nginx config as a pure function of the plan, and `nginx -t`.
+//! - [`client`]: `gallery-client` — the API through whichever of several
+//!   front doors answers, per request (failover rules kept pure).
 //! - [`supervisor`]: `gallery-supervisor` — a pure core that makes every
 //!   lifecycle decision (start, restart policy, watchdog, reload, restart,
 //!   scale, stop) and a thin executor that spawns on owned sockets, probes,
@@ -22,6 +24,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod http;
 pub mod image;
 pub mod listen;

@@ -18,7 +18,10 @@
 //!   origin is refused by the browser before a byte leaves it; the page
 //!   hears of it through the `securitypolicyviolation` event and says so.
 //!   The policy is thus the only list of allowed origins: there is no
-//!   second copy (a config file, a `<meta>`) to drift from it.
+//!   second copy (a config file, a `<meta>`) to drift from it. A page
+//!   given several front doors (`?api=A,B`, tried in turn) needs each one's
+//!   origin here (`--api-origin` once per origin); one the policy refuses
+//!   is passed over while another remains.
 //! - `img-src` allows any `http:`/`https:` image, not just the API's
 //!   origins: the API accepts any absolute http(s) URL as an image (the
 //!   original walkthrough adds one from Unsplash), so the page must be able

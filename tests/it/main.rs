@@ -5,6 +5,7 @@ mod admin_page;
 mod api;
 mod api_extensions;
 mod browser;
+mod client;
 mod concurrency;
 mod foreman;
 mod hardening;
