@@ -7,7 +7,9 @@ Python 3 standard library only; needs `wrk` and nginx.
 In one run, on free ports, everything started fresh in a temporary directory:
 
   the stack   gallery-supervisor with 3 API workers (nginx in front, one
-              static server, one SQLite file)
+              static server, one SQLite file; or, with --database
+              postgres://…, a PostgreSQL database, whose gallery tables are
+              dropped first: give it a database of its own)
   ceilings    nginx answering the same bytes itself (`return 200`, or a
               static file for the 1,000-row body), and nginx in front of
               `examples/trivial_upstream` (fixed bytes, any method), with the
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,10 +243,10 @@ class Wrk:
 
 
 class Stack:
-    def __init__(self, processes, work):
+    def __init__(self, processes, work, database):
         self.processes = processes
         self.run_dir = os.path.join(work, "run")
-        self.database = os.path.join(work, "g.db")
+        self.database = database
         self.log_path = os.path.join(work, "stack.log")
         self.proc = None
         self.state = None
@@ -251,10 +254,11 @@ class Stack:
     def start(self):
         supervisor = os.path.join(RELEASE, "gallery-supervisor")
         argv = [supervisor, "--port", "0", "--static-port", "0", "--api-base-port", "0", "--admin-port", "0",
-                "--api-workers", "3", "--run-dir", self.run_dir, "--database", self.database]
+                "--api-workers", "3", "--run-dir", self.run_dir]
         self.log = open(self.log_path, "w")
         self.proc = self.processes.start("gallery-supervisor", argv, stdout=self.log,
-                                         stderr=subprocess.STDOUT, cwd=ROOT)
+                                         stderr=subprocess.STDOUT, cwd=ROOT,
+                                         env=self.database.env())
         try:
             wait_until("the stack says it is up", lambda: "gallery is up" in self.log_text(),
                        60, self.proc)
@@ -332,14 +336,138 @@ def as_db_owner(database, work):
     return result["ok"]
 
 
-def count_rows(database):
-    def work():
-        db = sqlite_connect(database)
-        try:
-            return db.execute("SELECT count(*) FROM images").fetchone()[0]
-        finally:
-            db.close()
-    return as_db_owner(database, work)
+def big_row(k):
+    """Row k of the 1,000-row table (~215 bytes of JSON each)."""
+    return (f"Benchmark photograph number {k:04d} of the set",
+            f"A quiet harbour at dusk, boats at anchor and lights on the water (row {k:04d})",
+            f"https://images.example.com/bench/harbour-{k:04d}.jpg")
+
+
+class SqliteDatabase:
+    """The stack's SQLite file, in the run's temporary directory."""
+
+    kind = "sqlite"
+
+    def __init__(self, work):
+        self.path = os.path.join(work, "g.db")
+
+    def describe(self):
+        return "SQLite"
+
+    def env(self):
+        """The environment of a process that uses the database."""
+        env = dict(os.environ)
+        env["DATABASE_URL"] = self.path
+        return env
+
+    def prepare(self):
+        pass
+
+    def count_rows(self):
+        def work():
+            db = sqlite_connect(self.path)
+            try:
+                return db.execute("SELECT count(*) FROM images").fetchone()[0]
+            finally:
+                db.close()
+        return as_db_owner(self.path, work)
+
+    def titles(self, run_id):
+        """(rows in the table, {title: count} of this run's POSTs)."""
+        def work():
+            db = sqlite_connect(self.path)
+            try:
+                rows = db.execute("SELECT count(*) FROM images").fetchone()[0]
+                titles = dict(db.execute(
+                    "SELECT title, count(*) FROM images WHERE title LIKE ? GROUP BY title",
+                    (f"bench {run_id} %",)).fetchall())
+                return rows, titles
+            finally:
+                db.close()
+        return as_db_owner(self.path, work)
+
+    def fill_to_big(self):
+        """Leaves exactly BIG_ROWS rows; returns how many there are.
+        Written straight into the file (WAL mode: the workers see the commit)."""
+        def work():
+            db = sqlite_connect(self.path)
+            try:
+                with db:
+                    db.execute("DELETE FROM images WHERE id > 3")
+                    db.executemany("INSERT INTO images (title, alt_text, url) VALUES (?, ?, ?)",
+                                   [big_row(k) for k in range(4, BIG_ROWS + 1)])
+                return db.execute("SELECT count(*) FROM images").fetchone()[0]
+            finally:
+                db.close()
+        return as_db_owner(self.path, work)
+
+
+class PostgresDatabase:
+    """A PostgreSQL database given with --database, reached with psql. The
+    URL goes to every process in DATABASE_URL (psql: in PG* variables),
+    never on a command line."""
+
+    kind = "postgres"
+
+    def __init__(self, url):
+        self.url = url
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+            raise BenchError("--database takes postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        self.psql_env = dict(os.environ)
+        for var, value in (("PGHOST", parts.hostname), ("PGPORT", str(parts.port or 5432)),
+                           ("PGUSER", urllib.parse.unquote(parts.username or "")),
+                           ("PGPASSWORD", urllib.parse.unquote(parts.password or "")),
+                           ("PGDATABASE", urllib.parse.unquote(parts.path.lstrip("/")))):
+            if value:
+                self.psql_env[var] = value
+        self.shown = (f"{parts.scheme}://{parts.username + '@' if parts.username else ''}"
+                      f"{parts.hostname}:{parts.port or 5432}{parts.path}")
+        if shutil.which("psql") is None:
+            raise BenchError("--database postgres://… needs psql (apt-get install postgresql-client)")
+
+    def describe(self):
+        return f"PostgreSQL {self.shown}"
+
+    def env(self):
+        env = dict(os.environ)
+        env["DATABASE_URL"] = self.url
+        return env
+
+    def psql(self, sql):
+        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                             env=self.psql_env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise BenchError(f"psql on {self.shown}: {out.stderr.strip()}")
+        return out.stdout.strip()
+
+    def prepare(self):
+        """A fresh start: the stack migrates and seeds an empty database."""
+        self.psql("DROP TABLE IF EXISTS images, idempotency_keys, schema_version")
+
+    def count_rows(self):
+        return int(self.psql("SELECT count(*) FROM images"))
+
+    def titles(self, run_id):
+        rows = self.count_rows()
+        text = self.psql("SELECT title || E'\\t' || count(*) FROM images "
+                         f"WHERE title LIKE 'bench {run_id} %' GROUP BY title")
+        titles = {}
+        for line in text.splitlines():
+            title, count = line.rsplit("\t", 1)
+            titles[title] = int(count)
+        return rows, titles
+
+    def fill_to_big(self):
+        self.psql(
+            "BEGIN; DELETE FROM images WHERE id > 3; "
+            "INSERT INTO images (title, alt_text, url) SELECT "
+            "format('Benchmark photograph number %s of the set', lpad(k::text, 4, '0')), "
+            "format('A quiet harbour at dusk, boats at anchor and lights on the water (row %s)', "
+            "lpad(k::text, 4, '0')), "
+            "format('https://images.example.com/bench/harbour-%s.jpg', lpad(k::text, 4, '0')) "
+            f"FROM generate_series(4, {BIG_ROWS}) AS k ORDER BY k; COMMIT")
+        return self.count_rows()
 
 
 # ---------------------------------------------------------------- ceilings
@@ -450,11 +578,12 @@ def start_lone_worker(processes, work, database, counting):
     name = "api-counted" if counting else "api-uncounted"
     out_path = os.path.join(work, f"{name}.out")
     out = open(out_path, "w")
-    argv = [os.path.join(RELEASE, "api-server"), "--port", "0", "--database", database,
+    argv = [os.path.join(RELEASE, "api-server"), "--port", "0",
             "--name", name, "--existing-database", "--quiet-requests"]
     if not counting:
         argv.append("--no-request-stats")
-    proc = processes.start(f"api-server ({name})", argv, stdout=out, stderr=subprocess.STDOUT)
+    proc = processes.start(f"api-server ({name})", argv, stdout=out, stderr=subprocess.STDOUT,
+                           env=database.env())
 
     def port():
         with open(out_path) as f:
@@ -504,25 +633,8 @@ def start_ceiling_nginx(processes, nginx, work, stack_conf, upstream_ports, bodi
 
 def fill_to_big(database):
     """Leaves exactly BIG_ROWS rows: the three samples and BIG_ROWS - 3
-    realistic ones (~215 bytes of JSON each), whatever the POST case added.
-    Written straight into the file (WAL mode: the workers see the commit)."""
-    def work():
-        db = sqlite_connect(database)
-        try:
-            with db:
-                db.execute("DELETE FROM images WHERE id > 3")
-                db.executemany(
-                    "INSERT INTO images (title, alt_text, url) VALUES (?, ?, ?)",
-                    [(f"Benchmark photograph number {k:04d} of the set",
-                      f"A quiet harbour at dusk, boats at anchor and lights on the water "
-                      f"(row {k:04d})",
-                      f"https://images.example.com/bench/harbour-{k:04d}.jpg")
-                     for k in range(4, BIG_ROWS + 1)])
-            return db.execute("SELECT count(*) FROM images").fetchone()[0]
-        finally:
-            db.close()
-
-    count = as_db_owner(database, work)
+    realistic ones, whatever the POST case added."""
+    count = database.fill_to_big()
     if count != BIG_ROWS:
         raise BenchError(f"the table has {count} rows, not {BIG_ROWS}, after the fill")
 
@@ -532,18 +644,7 @@ def check_posts(database, run_id, result, acked_path, connections, rows_before):
     with open(acked_path) as f:
         acked = [line.rstrip("\n") for line in f if line.strip()]
 
-    def work():
-        db = sqlite_connect(database)
-        try:
-            rows = db.execute("SELECT count(*) FROM images").fetchone()[0]
-            titles = dict(db.execute(
-                "SELECT title, count(*) FROM images WHERE title LIKE ? GROUP BY title",
-                (f"bench {run_id} %",)).fetchall())
-            return rows, titles
-        finally:
-            db.close()
-
-    rows_after, stored = as_db_owner(database, work)
+    rows_after, stored = database.titles(run_id)
     ok_responses = result["requests"] - result["non2xx"]
     acked_set = set(acked)
     check = {
@@ -597,11 +698,14 @@ def run(args):
     # As root the servers run as nobody, and they need to reach the database.
     os.chmod(work, 0o755)
     run_id = f"{os.getpid()}-{int(time.time())}"
+    database = (PostgresDatabase(args.database) if args.database
+                else SqliteDatabase(work))
     results = {
         "command": sys.argv,
         "config": {
             "seconds": args.seconds, "connections": args.connections, "threads": args.threads,
             "smoke": args.smoke, "cpus": os.cpu_count(), "api_workers": 3,
+            "database": database.describe(),
             "nginx": subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip(),
             "wrk": subprocess.run(["wrk", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True).stdout.splitlines()[0].split(" Copyright")[0],
@@ -612,7 +716,8 @@ def run(args):
     problems = []
     try:
         wrk = Wrk(processes, args.seconds, args.connections, args.threads, work)
-        stack = Stack(processes, work)
+        database.prepare()
+        stack = Stack(processes, work, database)
         stack.start()
         front = f"http://127.0.0.1:{stack.port('nginx')}"
         static = f"http://127.0.0.1:{stack.port('static')}"
@@ -700,7 +805,7 @@ def run(args):
                 body_bytes=len(json3))
 
         script = os.path.join(ROOT, "bench", "post.lua")
-        rows_before = count_rows(stack.database)
+        rows_before = stack.database.count_rows()
         acked_path = os.path.join(work, "acked.txt")
         post = measure("5", "POST /api/images.json via nginx", front + "/api/images.json",
                        "stack", script, {"BENCH_RUN": run_id, "BENCH_ACKED": acked_path},
@@ -819,6 +924,7 @@ def report(results):
         "",
         f"gallery benchmark: wrk -t{config['threads']} -c{config['connections']} "
         f"-d{config['seconds']}s per case, {config['cpus']} CPUs, {config['nginx']}, "
+        f"{config.get('database', 'SQLite')}, "
         f"load {' '.join(config['loadavg_before'])} before",
         "",
         f"{'':3} {'case':48} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7} "
@@ -872,6 +978,10 @@ def main():
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"),
                         help="where to write the results (default bench/results.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--database", metavar="postgres://…",
+                        help="run the stack on this PostgreSQL database (its gallery tables are "
+                             "dropped first: give the benchmark a database of its own; needs "
+                             "psql); default: a fresh SQLite file")
     args = parser.parse_args()
     args.seconds = args.seconds or (1 if args.smoke else 5)
     args.connections = args.connections or (5 if args.smoke else 25)

@@ -5,7 +5,11 @@
 # side by side with wrk, prints the table and writes JSON.
 #
 #   bash bench/run.sh [--smoke] [--seconds N] [--connections N] [--json FILE] [--keep]
+#                     [--database postgres://USER:PASSWORD@HOST:PORT/DB]
 #
+# --database: the stack on that PostgreSQL database instead of a fresh SQLite
+# file (its gallery tables are dropped first: give it a database of its own;
+# the POST accounting counts rows with psql).
 # --smoke: 1 s per case and 5 connections, for CI. Exits non-zero when a case
 # cannot run or the POST accounting finds a lost or duplicated row; the
 # ratios themselves are reported, not judged. Every process it starts is

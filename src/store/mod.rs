@@ -103,7 +103,7 @@ pub enum StoreError {
     Unreachable(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", postgres::describe(.0))]
     Postgres(#[from] ::postgres::Error),
     /// Another error, as text (one error shared by a group of writes).
     #[error("{0}")]

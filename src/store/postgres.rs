@@ -197,6 +197,22 @@ fn session_config(url: &PostgresUrl, options: &StoreOptions) -> Config {
     config
 }
 
+/// An error on one line, for the log: the server's severity, code and
+/// message when it is the server's, with what caused it (the client
+/// library's own text says only "db error").
+pub(super) fn describe(error: &postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// Why a connection attempt failed, in brief: the server's message (wrong
 /// password, unknown database, …) or the system's (connection refused),
 /// never the password.
@@ -215,7 +231,7 @@ fn connect_reason(error: &postgres::Error) -> String {
         }
         source = cause.source();
     }
-    error.to_string()
+    describe(error)
 }
 
 fn cannot_connect(url: &PostgresUrl, error: &postgres::Error) -> StoreError {
@@ -280,12 +296,12 @@ fn classify(error: postgres::Error) -> StoreError {
         SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
     ];
     match error.code() {
-        Some(code) if BUSY.contains(code) => StoreError::Busy(error.to_string()),
+        Some(code) if BUSY.contains(code) => StoreError::Busy(describe(&error)),
         // Class 53: insufficient resources (disk full, out of memory).
         Some(code) if UNAVAILABLE.contains(code) || code.code().starts_with("53") => {
-            StoreError::Unreachable(error.to_string())
+            StoreError::Unreachable(describe(&error))
         }
-        _ if is_dead_connection(&error) => StoreError::Unreachable(error.to_string()),
+        _ if is_dead_connection(&error) => StoreError::Unreachable(describe(&error)),
         _ => StoreError::Postgres(error),
     }
 }
@@ -314,7 +330,7 @@ impl Postgres {
                     url.database().or(url.user()).unwrap_or("?"),
                     url.server(),
                     e.as_db_error()
-                        .map_or_else(|| e.to_string(), |db| db.message().into())
+                        .map_or_else(|| describe(&e), |db| db.message().into())
                 )),
                 other => other,
             },
@@ -399,7 +415,10 @@ impl Postgres {
             match first(&mut connection) {
                 Ok(value) => return Ok((connection, value)),
                 Err(e) if is_dead_connection(&e) && may_retry() && attempt < attempts => {
-                    tracing::debug!(error = %e, "a pooled PostgreSQL connection was dead; trying another");
+                    tracing::debug!(
+                        error = describe(&e),
+                        "a pooled PostgreSQL connection was dead; trying another"
+                    );
                 }
                 Err(e) => return Err(classify(e)),
             }
