@@ -5,8 +5,9 @@
 //!   by the supervisor and the nginx config; across hosts, what this host
 //!   runs (`--role`), other hosts' workers (`--upstream`) and balancing.
 //! - [`image`]: the domain, `Image` and the validated `NewImage`.
-//! - [`store`]: the SQLite file — location parsing, pool and pragmas,
-//!   migrations and seed, and the only SQL.
+//! - [`store`]: the database, one interface over SQLite (a file: pool and
+//!   pragmas) and PostgreSQL (a server: pool and session settings) —
+//!   location parsing, migrations and seed, and the only SQL.
 //! - [`api`]: the JSON contract — router, handlers, body and query
 //!   extraction, and `ApiError`, the one status-code mapping.
 //! - [`static_files`]: serving the assets directory safely.
