@@ -183,6 +183,42 @@ impl TestDatabase {
         super::load::assert_each_stored_once(&self.titles(), acknowledged)
     }
 
+    /// The schema as the backend describes it: every table, column and
+    /// index, the schema version where the backend keeps one outside a
+    /// table, and how many rows each table other than `images` holds (a
+    /// migration run twice shows there). Equal for two databases that the
+    /// same migrations made once each.
+    pub fn schema(&self) -> Vec<Vec<String>> {
+        let (described, tables) = match self.store {
+            Store::Sqlite { .. } => (
+                [
+                    "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name",
+                    "SELECT 'user_version', user_version FROM pragma_user_version",
+                ],
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            ),
+            Store::Postgres(_) => (
+                [
+                    "SELECT table_name, column_name, data_type, is_nullable, column_default \
+                     FROM information_schema.columns WHERE table_schema = 'public' \
+                     ORDER BY table_name, ordinal_position",
+                    "SELECT tablename, indexname, indexdef FROM pg_indexes \
+                     WHERE schemaname = 'public' ORDER BY tablename, indexname",
+                ],
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
+            ),
+        };
+        let mut schema: Vec<Vec<String>> =
+            described.iter().flat_map(|sql| self.rows(sql)).collect();
+        for table in self.rows(tables).into_iter().map(|row| row[0].clone()) {
+            if table != "images" {
+                let rows = self.value(&format!("SELECT count(*) FROM \"{table}\""));
+                schema.push(vec![table, rows]);
+            }
+        }
+        schema
+    }
+
     /// Inserts `count` rows (titles `bulk 000000 ttt…`, `alt_text` of
     /// `alt_chars` characters, urls `/images/uuu…` of `url_chars` more)
     /// straight into `images`, in one transaction; the schema must exist.
