@@ -25,7 +25,7 @@ use crate::store::Synchronous;
 use crate::supervisor::policy;
 use clap::ValueEnum;
 
-/// One API worker: the JSON image API over a SQLite file.
+/// One API worker: the JSON image API over an SQLite file or a PostgreSQL database.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
 #[command(name = "api-server", version)]
 pub struct ApiServerArgs {
@@ -35,8 +35,17 @@ pub struct ApiServerArgs {
     /// Address to bind: an IP address or a host name (localhost: 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1", value_parser = parse_host, value_name = "ADDRESS")]
     pub bind: IpAddr,
-    /// SQLite database: sqlite://PATH, sqlite:PATH, file:PATH or a plain path.
-    #[arg(long, env = "DATABASE_URL", default_value = "gallery.db")]
+    /// The database: an SQLite file (sqlite://PATH, sqlite:PATH, file:PATH
+    /// or a plain path), or PostgreSQL
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, or postgresql://; a
+    /// URL with a password is better given in DATABASE_URL than here, where
+    /// `ps` shows it).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "gallery.db",
+        value_name = "PATH|URL"
+    )]
     pub database: String,
     /// Worker name, sent back in the X-Worker header and in /health.
     #[arg(long, default_value = "api")]
@@ -44,11 +53,14 @@ pub struct ApiServerArgs {
     /// Origin allowed to call the API from a browser (repeatable; default: any, `*`).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
-    /// How long a write waits for another process's lock, in milliseconds, before a 503.
+    /// How long a request waits for another process's lock (on PostgreSQL:
+    /// `lock_timeout`), or for a free database connection, in milliseconds,
+    /// before a 503.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     pub busy_timeout_ms: u64,
     /// Never create, migrate or seed the database: answer 503 until a usable
-    /// one is at the path (the supervisor, which creates it, passes this).
+    /// one is at the path, or the PostgreSQL server can be reached (the
+    /// supervisor, which creates and migrates it, passes this).
     #[arg(long)]
     pub existing_database: bool,
     /// Do not count requests for the supervisor's /metrics (for measuring
@@ -73,20 +85,33 @@ impl ApiServerArgs {
         ApiServerArgs::try_parse_from(["api-server"])
     }
 
-    /// The command line that parses back into these arguments.
+    /// Whether `database` may hold a secret (a PostgreSQL URL, with its
+    /// password): it is then passed in the environment, never as an argument.
+    fn database_is_secret(&self) -> bool {
+        matches!(
+            crate::store::parse_database_location(&self.database),
+            Ok(crate::store::Location::Postgres(_))
+        )
+    }
+
+    /// The command line that, with [`ApiServerArgs::to_env`], parses back
+    /// into these arguments.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "--port".into(),
             self.port.to_string().into(),
             "--bind".into(),
             self.bind.to_string().into(),
-            "--database".into(),
-            self.database.clone().into(),
+        ];
+        if !self.database_is_secret() {
+            args.extend(["--database".into(), self.database.clone().into()]);
+        }
+        args.extend([
             "--name".into(),
             self.name.clone().into(),
             "--busy-timeout-ms".into(),
             self.busy_timeout_ms.to_string().into(),
-        ];
+        ]);
         for origin in &self.cors_origin {
             args.extend(["--cors-origin".into(), origin.into()]);
         }
@@ -110,6 +135,18 @@ impl ApiServerArgs {
             LogLevel::for_servers().to_string().into(),
         ]);
         args
+    }
+
+    /// The environment that goes with [`ApiServerArgs::to_args`]: a
+    /// PostgreSQL URL as `DATABASE_URL`, so that its password is not in the
+    /// child's argument list, which every user of the machine can read
+    /// (`ps`, `/proc/PID/cmdline`); the environment only its own account.
+    pub fn to_env(&self) -> Vec<(OsString, OsString)> {
+        if self.database_is_secret() {
+            vec![("DATABASE_URL".into(), self.database.clone().into())]
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -169,7 +206,7 @@ impl StaticServerArgs {
 }
 
 /// Starts and supervises the whole gallery stack: the static server, N API
-/// workers on one SQLite file, and nginx in front.
+/// workers on one SQLite file or PostgreSQL database, and nginx in front.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gallery-supervisor", version)]
 pub struct SupervisorArgs {
@@ -304,8 +341,17 @@ pub struct PlanArgs {
 pub struct StackArgs {
     #[command(flatten)]
     pub plan: PlanArgs,
-    /// SQLite database: sqlite://PATH, sqlite:PATH, file:PATH or a plain path.
-    #[arg(long, env = "DATABASE_URL", default_value = "gallery.db")]
+    /// The database: an SQLite file (sqlite://PATH, sqlite:PATH, file:PATH
+    /// or a plain path), or PostgreSQL
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, or postgresql://;
+    /// a URL with a password is better given in DATABASE_URL than here,
+    /// where `ps` shows it). The workers get a URL in their environment.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "gallery.db",
+        value_name = "PATH|URL"
+    )]
     pub database: String,
     /// Port of the admin endpoint (status page, /metrics), on 127.0.0.1
     /// only (0: any free port).
@@ -583,9 +629,37 @@ mod tests {
         };
         let mut argv = vec![OsString::from("api-server")];
         argv.extend(args.to_args());
+        assert!(args.to_env().is_empty());
         let parsed = Invocation::<ApiServerArgs>::try_parse_from(argv).unwrap();
         assert_eq!(parsed.args, args);
         assert_eq!(parsed.log_level, LogLevel::for_servers());
+    }
+
+    #[test]
+    fn a_postgres_url_goes_to_a_worker_in_its_environment_not_its_arguments() {
+        const URL: &str = "postgres://gallery:pw-in-url@127.0.0.1:5432/gallery";
+        let mut args = ApiServerArgs::try_parse_defaults().unwrap();
+        args.database = URL.into();
+        let argv = args.to_args();
+        assert!(
+            argv.iter()
+                .all(|a| !a.to_string_lossy().contains("pw-in-url")),
+            "{argv:?}"
+        );
+        assert!(!argv.contains(&"--database".into()), "{argv:?}");
+        let env = args.to_env();
+        assert_eq!(env, [("DATABASE_URL".into(), args.database.clone().into())]);
+        // Parsed back with that environment, it is the same worker (clap
+        // reads DATABASE_URL from the process's environment, so the value
+        // is given the way the child finds it: as the flag's env default).
+        let command = ApiServerArgs::command()
+            .arg(log_level_arg())
+            .mut_arg("database", |arg| arg.default_value(URL));
+        let matches = command
+            .try_get_matches_from(std::iter::once(OsString::from("api-server")).chain(argv))
+            .unwrap();
+        let parsed = <ApiServerArgs as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+        assert_eq!(parsed, args);
     }
 
     #[test]
@@ -778,9 +852,12 @@ mod tests {
             text.contains("port 8081") && text.contains("--port"),
             "{text}"
         );
-        let location = crate::store::parse_database_location("postgres://x").unwrap_err();
+        let location = crate::store::parse_database_location("mysql://x").unwrap_err();
         let text = format!("{:#}", api.name_the_flag(location.into()));
-        assert!(text.starts_with("--database: PostgreSQL"), "{text}");
+        assert!(
+            text.starts_with("--database: unsupported database URL scheme"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl ApiError {
     /// The text a client sees.
     fn public_message(&self) -> String {
         match self {
-            ApiError::Store(StoreError::Unavailable(_)) => {
+            ApiError::Store(e) if e.is_unavailable() => {
                 "the database is unavailable; please retry shortly".to_string()
             }
             ApiError::Store(e) if e.is_busy() => {
@@ -122,5 +122,35 @@ mod tests {
         let error = ApiError::Internal("handler panicked".into());
         assert_eq!(error.to_string(), "internal error: handler panicked");
         assert_eq!(error.public_message(), "internal server error");
+    }
+
+    #[test]
+    fn a_database_server_that_cannot_be_reached_is_a_503_that_names_nothing() {
+        let secret = "postgres://gallery@10.1.2.3:5432/gallery: connection refused";
+        for error in [
+            StoreError::Unreachable(secret.into()),
+            StoreError::CannotConnect {
+                server: "10.1.2.3:5432".into(),
+                who: " (database gallery, user gallery)".into(),
+                reason: "connection refused".into(),
+            },
+        ] {
+            let error = ApiError::Store(error);
+            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                error.public_message(),
+                "the database is unavailable; please retry shortly"
+            );
+            let response = error.into_response();
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
+        let busy = ApiError::Store(StoreError::Busy(
+            "canceling statement due to lock timeout".into(),
+        ));
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            busy.public_message(),
+            "the database is busy; please retry shortly"
+        );
     }
 }

@@ -55,10 +55,11 @@ struct Cached {
 impl ListCache {
     /// The whole table as JSON with `indent`, current as of this call.
     pub async fn body(&self, store: &Store, indent: Indent) -> Result<Bytes> {
-        // Inline, not on the blocking pool: an O(1) look at the WAL index
-        // on a dedicated connection (the file check behind it runs at most
-        // every 100 ms), cheaper than the hop.
-        let wanted = store.data_version()?;
+        // On SQLite inline, not on the blocking pool: an O(1) look at the
+        // WAL index on a dedicated connection (the file check behind it runs
+        // at most every 100 ms), cheaper than the hop. On PostgreSQL a round
+        // trip, on the blocking pool.
+        let wanted = store.data_version_async().await?;
         let slot = self.slots[indent.0].clone();
         let mut cached = slot.lock_owned().await;
         // Versions only grow, so a body built since we looked is fresh enough.
@@ -74,7 +75,7 @@ impl ListCache {
             let version = store.data_version()?;
             let body = Bytes::from(render(&store, indent, None, last_size + last_size / 16)?);
             *cached = Some(Cached {
-                version,
+                version: version.clone(),
                 body: body.clone(),
             });
             drop(cached);

@@ -235,17 +235,18 @@ async fn health(State(state): State<Arc<ApiState>>) -> Result<Response> {
 
 /// Opens the store and serves the API until SIGTERM/SIGINT.
 pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
-    let path = crate::store::parse_database_location(&args.database)?;
+    let location = crate::store::parse_database_location(&args.database)?;
     let listener = crate::listen::listener(args.bind, args.port)?;
     let options = StoreOptions {
         busy_timeout: std::time::Duration::from_millis(args.busy_timeout_ms),
         synchronous: args.synchronous,
+        application_name: args.name.clone(),
         ..StoreOptions::default()
     };
     let store = if args.existing_database {
-        Store::open_existing(&path, &options)
+        Store::open_existing(&location, &options)
     } else {
-        Store::open(&path, &options)?
+        Store::open(&location, &options)?
     };
     let cors = CorsPolicy::parse(&args.cors_origin)?;
     let state = ApiState::new(store, &args.name);

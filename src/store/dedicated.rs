@@ -7,7 +7,7 @@
 //! It opens lazily and never creates the file (a missing file is an error,
 //! not a fresh empty database); after any error other than "busy" it is
 //! closed and reopened by the next call, so a transient fault does not stick.
-//! Every (re)opening starts a new *epoch*, which [`DataVersion`] carries,
+//! Every (re)opening starts a new *epoch*, which [`FileVersion`] carries,
 //! because `data_version` is only comparable on one connection.
 
 use std::path::PathBuf;
@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{StoreError, Synchronous, classify, configure, is_busy_code};
+use super::sqlite::{classify, configure, is_busy_code};
+use super::{StoreError, Synchronous};
 
 /// When the database last changed, as one connection sees it: equal values
 /// mean no other connection (in any process) committed in between, and a
 /// later reading is never smaller than an earlier one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DataVersion {
+pub(super) struct FileVersion {
     /// Which opening of the database file (see `Store`) it belongs to.
     generation: u64,
     /// Which opening of the dedicated connection read `version`.
@@ -43,7 +44,7 @@ struct Slot {
     epoch: u64,
 }
 
-impl DataVersion {
+impl FileVersion {
     /// The same reading, as one of the file's `generation`th opening.
     pub(super) fn of_generation(self, generation: u64) -> Self {
         Self { generation, ..self }
@@ -92,12 +93,12 @@ impl Dedicated {
     }
 
     /// `PRAGMA data_version`, read on this connection.
-    pub(super) fn data_version(&self) -> Result<DataVersion, StoreError> {
+    pub(super) fn data_version(&self) -> Result<FileVersion, StoreError> {
         self.with(|connection, epoch| {
             let version = connection
                 .prepare_cached("PRAGMA data_version")?
                 .query_row([], |row| row.get(0))?;
-            Ok(DataVersion {
+            Ok(FileVersion {
                 generation: 0,
                 epoch,
                 version,

@@ -35,6 +35,7 @@ use anyhow::Context;
 
 use crate::cli::{Invocation, StackArgs, SupervisorArgs, SupervisorCommand};
 use crate::plan::Plan;
+use crate::store::Location;
 use control::Request;
 use policy::RestartPolicy;
 
@@ -212,9 +213,21 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
     let database_origin = cli.origin("database");
     let database = crate::store::parse_database_location(&args.database)
         .with_context(|| database_origin.clone())?;
-    crate::store::Store::open(&database, &crate::store::StoreOptions::default())
-        .with_context(|| database_origin.clone())?;
-    let database = absolute(&database)?;
+    let options = crate::store::StoreOptions {
+        application_name: "gallery-supervisor".into(),
+        ..crate::store::StoreOptions::default()
+    };
+    // Created (a file), migrated and seeded once, here: the workers never do.
+    crate::store::Store::open(&database, &options).with_context(|| database_origin.clone())?;
+    // A file is known by its absolute path from here on. A server needs
+    // nothing more of the supervisor: no account checks, no hold, no watch.
+    let database = match database {
+        Location::Sqlite(path) => Location::Sqlite(absolute(&path)?),
+        Location::Postgres(url) => {
+            output::line("supervisor", &format!("database: PostgreSQL {url}"));
+            Location::Postgres(url)
+        }
+    };
 
     let server_user = account::resolve(args.user.as_deref())?;
     let mut companions = account::Companions::default();
@@ -224,13 +237,17 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
             account::check(user, &api_program, Need::Execute, "the API server")?;
             account::check(user, &static_program, Need::Execute, "the static server")?;
             account::check(user, &assets, Need::Read, "the assets directory")?;
-            let database_dir = database.parent().unwrap_or(Path::new("/"));
-            account::check(user, database_dir, Need::Enter, "the database's directory")?;
-            let identity = crate::store::identity::usable(&database)
-                .with_context(|| format!("database {}", database.display()))?;
-            companions
-                .prepare(user, &database, identity)
-                .with_context(|| format!("cannot make {} {}'s", database.display(), user.name))?;
+            if let Location::Sqlite(database) = &database {
+                let database_dir = database.parent().unwrap_or(Path::new("/"));
+                account::check(user, database_dir, Need::Enter, "the database's directory")?;
+                let identity = crate::store::identity::usable(database)
+                    .with_context(|| format!("database {}", database.display()))?;
+                companions
+                    .prepare(user, database, identity)
+                    .with_context(|| {
+                        format!("cannot make {} {}'s", database.display(), user.name)
+                    })?;
+            }
             output::line(
                 "supervisor",
                 &format!(

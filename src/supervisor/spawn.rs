@@ -32,6 +32,9 @@ use nix::sys::signal::Signal;
 pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// Variables set in the child's environment (a secret such as a
+    /// database password goes here: an argument list is public in `ps`).
+    pub env: Vec<(OsString, OsString)>,
     /// A listening socket to hand over as fd 3.
     pub listen_fd: Option<RawFd>,
     /// Sent to the child when the supervisor dies: SIGKILL for our servers,
@@ -50,6 +53,7 @@ pub fn spawn(launch: &Launch) -> std::io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(&launch.program);
     command
         .args(&launch.args)
+        .envs(launch.env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

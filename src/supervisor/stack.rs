@@ -29,6 +29,7 @@ use super::state::{self, StackState};
 use super::{output, probe};
 use crate::cli::{ApiServerArgs, StaticServerArgs};
 use crate::plan::{ChildSpec, Plan, Role};
+use crate::store::Location;
 
 /// How each kind of child is started.
 pub(super) struct Launcher {
@@ -37,7 +38,8 @@ pub(super) struct Launcher {
     pub nginx: PathBuf,
     pub run_dir: PathBuf,
     pub assets: PathBuf,
-    pub database: PathBuf,
+    /// The database the workers use (created and migrated by now).
+    pub database: crate::store::Location,
     pub synchronous: crate::store::Synchronous,
     /// The account the API and static servers run as (`None`: as the supervisor).
     pub server_user: Option<ServerUser>,
@@ -48,6 +50,7 @@ pub(super) struct Launcher {
 impl Launcher {
     fn launch(&self, spec: &ChildSpec, socket: Option<&TcpListener>) -> Launch {
         let listen_fd = socket.map(|s| s.as_raw_fd());
+        let mut env = Vec::new();
         let (program, args, parent_death_signal, user) = match spec.role {
             Role::Static => {
                 let args = StaticServerArgs {
@@ -72,7 +75,12 @@ impl Launcher {
                     ApiServerArgs::try_parse_defaults().expect("api-server's defaults parse");
                 args.port = spec.port;
                 args.bind = self.bind;
-                args.database = self.database.to_string_lossy().into_owned();
+                args.database = match &self.database {
+                    Location::Sqlite(path) => path.to_string_lossy().into_owned(),
+                    // Passed in the environment, not the argument list (see
+                    // `ApiServerArgs::to_env`).
+                    Location::Postgres(url) => url.with_password().to_string(),
+                };
                 args.name = spec.name.clone();
                 args.cors_origin = self.cors_origins.clone();
                 // The supervisor created the database; a worker never does.
@@ -81,6 +89,7 @@ impl Launcher {
                 // nginx's access line is the one line per request.
                 args.quiet_requests = true;
                 let user = self.server_user.clone();
+                env = args.to_env();
                 (
                     self.api_program.clone(),
                     args.to_args(),
@@ -105,6 +114,7 @@ impl Launcher {
         Launch {
             program,
             args,
+            env,
             listen_fd,
             parent_death_signal,
             user: user.map(|u| (u.uid, u.gid)),
@@ -177,11 +187,14 @@ impl Executor {
             });
         }
         listen_for_signals(&inbox)?;
-        tokio::spawn(watch_database(
-            self.launcher.database.clone(),
-            self.launcher.server_user.clone(),
-            std::mem::take(&mut self.companions),
-        ));
+        // A server has no file to watch; its trouble is the workers' to report.
+        if let Location::Sqlite(path) = &self.launcher.database {
+            tokio::spawn(watch_database(
+                path.clone(),
+                self.launcher.server_user.clone(),
+                std::mem::take(&mut self.companions),
+            ));
+        }
         let (jobs, job_queue) = std::sync::mpsc::channel();
         let state_dir = run_dir.clone();
         let writer = std::thread::Builder::new()
