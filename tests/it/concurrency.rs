@@ -123,5 +123,7 @@ fn three_workers_started_together_on_a_fresh_database_seed_once_with_one_schema(
             alone,
             "round {round}: the schema of one worker"
         );
+        // Version 2: the images, then the Idempotency-Key table (SPEC §13).
+        assert_eq!(db.schema_version(), 2, "round {round}: one version");
     }
 }

@@ -183,6 +183,16 @@ impl TestDatabase {
         super::load::assert_each_stored_once(&self.titles(), acknowledged)
     }
 
+    /// The version the migrations recorded (SQLite: `PRAGMA user_version`;
+    /// PostgreSQL: the one row of `schema_version`).
+    pub fn schema_version(&self) -> i64 {
+        let sql = match self.store {
+            Store::Sqlite { .. } => "SELECT user_version FROM pragma_user_version",
+            Store::Postgres(_) => "SELECT version FROM schema_version",
+        };
+        self.value(sql).parse().unwrap()
+    }
+
     /// The schema as the backend describes it: every table, column and
     /// index, the schema version where the backend keeps one outside a
     /// table, and how many rows each table other than `images` holds (a
