@@ -4,8 +4,9 @@
 //! - [`plan`]: the stack's children, names and ports, from the flags; shared
 //!   by the supervisor and the nginx config.
 //! - [`image`]: the domain, `Image` and the validated `NewImage`.
-//! - [`store`]: the SQLite file — location parsing, pool and pragmas,
-//!   migrations and seed, and the only SQL.
+//! - [`store`]: the database, one interface over SQLite (a file: pool and
+//!   pragmas) and PostgreSQL (a server: pool and session settings) —
+//!   location parsing, migrations and seed, and the only SQL.
 //! - [`api`]: the JSON contract — router, handlers, body and query
 //!   extraction, and `ApiError`, the one status-code mapping.
 //! - [`static_files`]: serving the assets directory safely.

@@ -18,6 +18,14 @@
 //! version it is filed under; a POST acknowledged by any worker before a GET
 //! starts is in that GET's answer.
 //!
+//! On PostgreSQL the version is the server's MVCC snapshot (which
+//! transactions had finished), one round trip on the blocking pool and no
+//! scan; a body is fresh while its snapshot sees every transaction the
+//! request's own does. Unlike `max(id)`, that is exact when workers commit
+//! rows out of id order, and it sees updates and deletes too (see
+//! `store/postgres.rs`). The comparison is a partial order: a version that
+//! is not comparable counts as stale.
+//!
 //! Single flight: each slot is an async mutex. The first request to find it
 //! stale builds while holding it; the others wait on the lock, not on their
 //! own copy, and then find the new body. The build runs on the blocking pool
@@ -28,7 +36,7 @@
 //! indent in use, all current, plus the old ones still being written to slow
 //! clients.
 //!
-//! The build streams rows from SQLite straight into the JSON text (no
+//! The build streams rows from the database straight into the JSON text (no
 //! `Vec<Image>` of the whole table), in a buffer sized from the last build.
 
 use std::sync::Arc;
@@ -62,7 +70,8 @@ impl ListCache {
         let wanted = store.data_version_async().await?;
         let slot = self.slots[indent.0].clone();
         let mut cached = slot.lock_owned().await;
-        // Versions only grow, so a body built since we looked is fresh enough.
+        // Versions only grow, so a body built since we looked is fresh
+        // enough; one whose version does not compare is not.
         if let Some(current) = cached.as_ref().filter(|c| c.version >= wanted) {
             return Ok(current.body.clone());
         }

@@ -268,7 +268,7 @@ mod tests {
 
     fn app() -> (tempfile::TempDir, Router) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("g.db"), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path().join("g.db"), &StoreOptions::default()).unwrap();
         let state = ApiState::new(store, "api-test");
         (dir, router(state, CorsPolicy::AnyOrigin))
     }

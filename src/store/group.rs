@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn a_group_keeps_each_writes_own_outcome() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("g.db"), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path().join("g.db"), &StoreOptions::default()).unwrap();
         let keyed = |title: &str, key: &str| Write::Keyed {
             image: image(title),
             key: key.into(),
@@ -156,7 +156,7 @@ mod tests {
     async fn concurrent_writes_share_commits_and_each_is_stored_once() {
         const WRITES: usize = 200;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("g.db"), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path().join("g.db"), &StoreOptions::default()).unwrap();
         let writer = GroupWriter::start(store.clone());
         let tasks: Vec<_> = (0..WRITES)
             .map(|n| {

@@ -84,7 +84,7 @@ impl From<&Location> for Location {
 pub struct PostgresUrl {
     /// The text as given (it may hold a password): never displayed.
     given: String,
-    config: postgres::Config,
+    config: std::sync::Arc<postgres::Config>,
 }
 
 impl PartialEq for PostgresUrl {
@@ -114,7 +114,7 @@ impl PostgresUrl {
         }
         Ok(PostgresUrl {
             given: normalised,
-            config,
+            config: std::sync::Arc::new(config),
         })
     }
 

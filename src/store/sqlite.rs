@@ -532,7 +532,7 @@ mod tests {
 
     fn open_temp() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("g.db"), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path().join("g.db"), &StoreOptions::default()).unwrap();
         (dir, store)
     }
 
@@ -547,7 +547,7 @@ mod tests {
             .collect();
         assert_eq!(titles, ["Sunset", "Mountain", "Cat"]);
         drop(store);
-        let again = Store::open(&dir.path().join("g.db"), &StoreOptions::default()).unwrap();
+        let again = Store::open(dir.path().join("g.db"), &StoreOptions::default()).unwrap();
         assert_eq!(again.list_images().unwrap().len(), 3);
     }
 
@@ -769,7 +769,7 @@ mod tests {
     fn a_missing_directory_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let err = Store::open(
-            &dir.path().join("no/such/dir/g.db"),
+            dir.path().join("no/such/dir/g.db"),
             &StoreOptions::default(),
         )
         .err()
