@@ -848,3 +848,27 @@ fn a_worker_that_need_not_migrate_starts_while_the_server_is_down_and_serves_onc
     });
     assert_eq!(images.len(), 3);
 }
+
+/// Closing PostgreSQL connections blocks on each client's own runtime:
+/// the last handle to the store goes away on the server's async thread
+/// when it stops, and that must not panic.
+#[test]
+fn a_worker_on_postgres_stops_cleanly_on_sigterm() {
+    let database = postgres::database();
+    let api = api_server(&database.url, "api-stop", &[]);
+    let client = client();
+    for path in ["/images.json", "/images.json?limit=1", "/health"] {
+        assert_eq!(client.get(api.url(path)).send().unwrap().status(), 200);
+    }
+    let posted = client
+        .post(api.url("/images.json"))
+        .body(ORIGINAL_POST)
+        .send()
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let proc = api.proc;
+    proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, output) = proc.finish(Duration::from_secs(20));
+    assert!(!output.contains("panicked"), "{output}");
+    assert_eq!(status.code(), Some(0), "{output}");
+}
