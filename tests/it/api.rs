@@ -1,18 +1,48 @@
-//! SPEC §3, rule by rule, against a real `api-server` on a temp database.
+//! SPEC §3, rule by rule, against a real `api-server`, on each backend
+//! (`api::sqlite::*` and `api::postgres::*`, one body each).
+//!
+//! SQLite only, as they are about the file itself:
+//! `the_sqlite_schema_is_versioned_by_user_version_in_wal_mode` (PRAGMA
+//! `user_version` and `journal_mode`).
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::helpers::database::{Backend, TestDatabase, on_both_backends};
 use crate::helpers::{
-    ApiServer, ORIGINAL_POST, client, get_json, post_form, post_in_flight, temp_db, wait_until,
+    ApiServer, ORIGINAL_POST, client, get_json, post_form, post_in_flight_on, temp_db, wait_until,
 };
 
-fn start() -> (tempfile::TempDir, std::path::PathBuf, ApiServer) {
-    let (dir, db) = temp_db();
+on_both_backends! {
+    get_lists_the_seeded_images_as_a_json_array_with_ids_in_insertion_order,
+    seeded_urls_name_files_that_exist_under_assets,
+    indent_pretty_prints_with_exactly_n_spaces,
+    bad_indent_values_are_refused_with_400,
+    post_with_curl_form_content_type_stores_and_returns_the_image,
+    post_accepts_json_and_missing_content_types_and_ignores_unknown_fields,
+    invalid_images_are_refused_with_400_and_nothing_is_stored,
+    malformed_json_is_a_400_without_parser_details,
+    unknown_paths_are_json_404s,
+    wrong_methods_are_json_405s_with_allow,
+    bodies_over_64_kib_are_refused_with_413_and_smaller_ones_accepted,
+    database_failures_give_a_generic_500_without_sql_or_paths,
+    a_locked_database_gives_503_with_retry_after_and_no_row,
+    cors_allows_any_origin_by_default_and_answers_preflight,
+    cors_origin_flag_restricts_to_the_named_origin,
+    health_reports_worker_and_pid_after_a_database_round_trip,
+    every_response_names_its_worker,
+    every_request_is_logged_with_method_path_status_and_duration,
+    a_restarted_worker_keeps_the_rows_and_seeds_nothing_again,
+    sigterm_lets_an_in_flight_request_finish_then_exits_cleanly,
+}
+
+/// A fresh database on `backend` and a worker `api-7` on it.
+fn start(backend: Backend) -> (TestDatabase, ApiServer) {
+    let db = TestDatabase::new(backend);
     let server = ApiServer::start(&db, "api-7", &[]);
-    (dir, db, server)
+    (db, server)
 }
 
 fn titles(server: &ApiServer) -> Vec<String> {
@@ -37,9 +67,8 @@ fn error_message(response: reqwest::blocking::Response, status: StatusCode) -> S
     body["error"].as_str().expect("a string error").to_string()
 }
 
-#[test]
-fn get_lists_the_seeded_images_as_a_json_array_with_ids_in_insertion_order() {
-    let (_dir, _db, server) = start();
+fn get_lists_the_seeded_images_as_a_json_array_with_ids_in_insertion_order(backend: Backend) {
+    let (_db, server) = start(backend);
     let response = client().get(server.url("/images.json")).send().unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
@@ -56,9 +85,8 @@ fn get_lists_the_seeded_images_as_a_json_array_with_ids_in_insertion_order() {
     );
 }
 
-#[test]
-fn seeded_urls_name_files_that_exist_under_assets() {
-    let (_dir, _db, server) = start();
+fn seeded_urls_name_files_that_exist_under_assets(backend: Backend) {
+    let (_db, server) = start(backend);
     let images: Vec<Value> = get_json(&server.url("/images.json"));
     for image in images {
         let url = image["url"].as_str().unwrap();
@@ -71,9 +99,8 @@ fn seeded_urls_name_files_that_exist_under_assets() {
     }
 }
 
-#[test]
-fn indent_pretty_prints_with_exactly_n_spaces() {
-    let (_dir, _db, server) = start();
+fn indent_pretty_prints_with_exactly_n_spaces(backend: Backend) {
+    let (_db, server) = start(backend);
     for n in [1usize, 2, 4, 10] {
         let text = client()
             .get(server.url(&format!("/images.json?indent={n}")))
@@ -111,9 +138,8 @@ fn indent_pretty_prints_with_exactly_n_spaces() {
     assert_eq!(compact.trim_end().lines().count(), 1);
 }
 
-#[test]
-fn bad_indent_values_are_refused_with_400() {
-    let (_dir, _db, server) = start();
+fn bad_indent_values_are_refused_with_400(backend: Backend) {
+    let (_db, server) = start(backend);
     for raw in [
         "-1",
         "",
@@ -132,9 +158,8 @@ fn bad_indent_values_are_refused_with_400() {
     }
 }
 
-#[test]
-fn post_with_curl_form_content_type_stores_and_returns_the_image() {
-    let (_dir, _db, server) = start();
+fn post_with_curl_form_content_type_stores_and_returns_the_image(backend: Backend) {
+    let (_db, server) = start(backend);
     let response = client()
         .post(server.url("/images.json?indent=2"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -154,9 +179,8 @@ fn post_with_curl_form_content_type_stores_and_returns_the_image() {
     assert_eq!(titles(&server), ["Sunset", "Mountain", "Cat", "Cat"]);
 }
 
-#[test]
-fn post_accepts_json_and_missing_content_types_and_ignores_unknown_fields() {
-    let (_dir, _db, server) = start();
+fn post_accepts_json_and_missing_content_types_and_ignores_unknown_fields(backend: Backend) {
+    let (_db, server) = start(backend);
     let with_json = client()
         .post(server.url("/images.json"))
         .json(&json!({"title": "A", "alt_text": "", "url": "/a.svg", "likes": 3}))
@@ -173,9 +197,8 @@ fn post_accepts_json_and_missing_content_types_and_ignores_unknown_fields() {
     assert_eq!(titles(&server), ["Sunset", "Mountain", "Cat", "A", "B"]);
 }
 
-#[test]
-fn invalid_images_are_refused_with_400_and_nothing_is_stored() {
-    let (_dir, _db, server) = start();
+fn invalid_images_are_refused_with_400_and_nothing_is_stored(backend: Backend) {
+    let (_db, server) = start(backend);
     let long = |n: usize| "é".repeat(n);
     let cases: Vec<(Value, &str)> = vec![
         (json!({"alt_text": "a", "url": "/x"}), "title"),
@@ -236,9 +259,8 @@ fn invalid_images_are_refused_with_400_and_nothing_is_stored() {
     assert_eq!(titles(&server).len(), 4);
 }
 
-#[test]
-fn malformed_json_is_a_400_without_parser_details() {
-    let (_dir, _db, server) = start();
+fn malformed_json_is_a_400_without_parser_details(backend: Backend) {
+    let (_db, server) = start(backend);
     for body in ["", "{", "{\"title\": \"t\",}", "title=t&url=/x", "\u{0}"] {
         let message = error_message(post(&server, body), StatusCode::BAD_REQUEST);
         assert_eq!(message, "request body is not valid JSON", "{body:?}");
@@ -246,18 +268,16 @@ fn malformed_json_is_a_400_without_parser_details() {
     assert_eq!(titles(&server).len(), 3);
 }
 
-#[test]
-fn unknown_paths_are_json_404s() {
-    let (_dir, _db, server) = start();
+fn unknown_paths_are_json_404s(backend: Backend) {
+    let (_db, server) = start(backend);
     for path in ["/", "/images", "/images.json/1", "/api/images.json"] {
         let response = client().get(server.url(path)).send().unwrap();
         error_message(response, StatusCode::NOT_FOUND);
     }
 }
 
-#[test]
-fn wrong_methods_are_json_405s_with_allow() {
-    let (_dir, _db, server) = start();
+fn wrong_methods_are_json_405s_with_allow(backend: Backend) {
+    let (_db, server) = start(backend);
     for method in ["PUT", "DELETE", "PATCH"] {
         let response = client()
             .request(method.parse().unwrap(), server.url("/images.json"))
@@ -277,9 +297,8 @@ fn wrong_methods_are_json_405s_with_allow() {
     error_message(response, StatusCode::METHOD_NOT_ALLOWED);
 }
 
-#[test]
-fn bodies_over_64_kib_are_refused_with_413_and_smaller_ones_accepted() {
-    let (_dir, _db, server) = start();
+fn bodies_over_64_kib_are_refused_with_413_and_smaller_ones_accepted(backend: Backend) {
+    let (_db, server) = start(backend);
     let padded = |size: usize| {
         let base = r#"{"title": "t", "alt_text": "a", "url": "/x", "pad": ""}"#;
         let pad = "p".repeat(size - base.len());
@@ -294,13 +313,9 @@ fn bodies_over_64_kib_are_refused_with_413_and_smaller_ones_accepted() {
     assert_eq!(titles(&server).len(), 4);
 }
 
-#[test]
-fn database_failures_give_a_generic_500_without_sql_or_paths() {
-    let (_dir, db, server) = start();
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("DROP TABLE images")
-        .unwrap();
+fn database_failures_give_a_generic_500_without_sql_or_paths(backend: Backend) {
+    let (db, server) = start(backend);
+    db.drop_images_table();
     for response in [
         client().get(server.url("/images.json")).send().unwrap(),
         post(&server, r#"{"title": "t", "alt_text": "a", "url": "/x"}"#),
@@ -309,34 +324,29 @@ fn database_failures_give_a_generic_500_without_sql_or_paths() {
         assert_eq!(message, "internal server error");
     }
     assert!(
-        server.proc.output.contains("no such table"),
+        server.proc.output.contains(db.missing_table_error()),
         "details go to the log"
     );
 }
 
-#[test]
-fn a_locked_database_gives_503_with_retry_after_and_no_row() {
-    let (_dir, db, server) = {
-        let (dir, db) = temp_db();
-        let server = ApiServer::start(&db, "api-1", &["--busy-timeout-ms", "200"]);
-        (dir, db, server)
-    };
-    let holder = rusqlite::Connection::open(&db).unwrap();
-    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+fn a_locked_database_gives_503_with_retry_after_and_no_row(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = ApiServer::start(&db, "api-1", &["--busy-timeout-ms", "200"]);
+    let holder = db.hold_write_lock();
     let response = post(&server, r#"{"title": "t", "alt_text": "a", "url": "/x"}"#);
     assert_eq!(response.headers()["retry-after"], "1");
     let message = error_message(response, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        !message.contains("SQL") && !message.contains("gallery.db"),
-        "{message}"
-    );
-    holder.execute_batch("ROLLBACK").unwrap();
+    assert!(!message.contains("SQL"), "{message}");
+    for private in db.private_details() {
+        assert!(!message.contains(&private), "{private:?} in {message}");
+    }
+    holder.release();
     assert_eq!(titles(&server).len(), 3);
+    assert_eq!(db.count(), 3, "no row");
 }
 
-#[test]
-fn cors_allows_any_origin_by_default_and_answers_preflight() {
-    let (_dir, _db, server) = start();
+fn cors_allows_any_origin_by_default_and_answers_preflight(backend: Backend) {
+    let (_db, server) = start(backend);
     let response = client()
         .get(server.url("/images.json"))
         .header("origin", "http://127.0.0.1:8082")
@@ -365,9 +375,8 @@ fn cors_allows_any_origin_by_default_and_answers_preflight() {
     assert!(allowed.contains("content-type"), "{allowed}");
 }
 
-#[test]
-fn cors_origin_flag_restricts_to_the_named_origin() {
-    let (_dir, db) = temp_db();
+fn cors_origin_flag_restricts_to_the_named_origin(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let server = ApiServer::start(&db, "api-1", &["--cors-origin", "http://127.0.0.1:8082"]);
     let allowed = client()
         .get(server.url("/images.json"))
@@ -386,9 +395,8 @@ fn cors_origin_flag_restricts_to_the_named_origin() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
 
-#[test]
-fn health_reports_worker_and_pid_after_a_database_round_trip() {
-    let (_dir, db, server) = start();
+fn health_reports_worker_and_pid_after_a_database_round_trip(backend: Backend) {
+    let (db, server) = start(backend);
     let response = client().get(server.url("/health")).send().unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().unwrap();
@@ -396,18 +404,14 @@ fn health_reports_worker_and_pid_after_a_database_round_trip() {
         body,
         json!({"status": "ok", "worker": "api-7", "pid": server.proc.pid()})
     );
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("DROP TABLE images")
-        .unwrap();
+    db.drop_images_table();
     let response = client().get(server.url("/health")).send().unwrap();
     assert_eq!(response.headers()["retry-after"], "1");
     error_message(response, StatusCode::SERVICE_UNAVAILABLE);
 }
 
-#[test]
-fn every_response_names_its_worker() {
-    let (_dir, _db, server) = start();
+fn every_response_names_its_worker(backend: Backend) {
+    let (_db, server) = start(backend);
     let responses = [
         client().get(server.url("/images.json")).send().unwrap(),
         client().get(server.url("/health")).send().unwrap(),
@@ -432,9 +436,8 @@ fn every_response_names_its_worker() {
     }
 }
 
-#[test]
-fn every_request_is_logged_with_method_path_status_and_duration() {
-    let (_dir, _db, server) = start();
+fn every_request_is_logged_with_method_path_status_and_duration(backend: Backend) {
+    let (_db, server) = start(backend);
     client()
         .get(server.url("/images.json?indent=2"))
         .send()
@@ -452,14 +455,20 @@ fn every_request_is_logged_with_method_path_status_and_duration() {
     assert!(line.trim_end().ends_with("ms"), "duration in {line}");
 }
 
-#[test]
-fn the_schema_is_versioned_in_wal_mode_and_seeded_only_once() {
-    let (_dir, db) = temp_db();
+fn a_restarted_worker_keeps_the_rows_and_seeds_nothing_again(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let first = ApiServer::start(&db, "api-1", &[]);
     post(&first, r#"{"title": "Kept", "alt_text": "", "url": "/k"}"#);
     drop(first);
     let second = ApiServer::start(&db, "api-1", &[]);
     assert_eq!(titles(&second), ["Sunset", "Mountain", "Cat", "Kept"]);
+    assert_eq!(db.count(), 4);
+}
+
+#[test]
+fn the_sqlite_schema_is_versioned_by_user_version_in_wal_mode() {
+    let (_dir, db) = temp_db();
+    drop(ApiServer::start(&db, "api-1", &[]));
     let conn = rusqlite::Connection::open(&db).unwrap();
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -471,21 +480,21 @@ fn the_schema_is_versioned_in_wal_mode_and_seeded_only_once() {
     assert_eq!((version, mode.as_str()), (2, "wal"));
 }
 
-#[test]
-fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly() {
-    let (_dir, db) = temp_db();
+fn sigterm_lets_an_in_flight_request_finish_then_exits_cleanly(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let mut server = ApiServer::start(&db, "api-1", &["--busy-timeout-ms", "10000"]);
-    let (holder, in_flight) = post_in_flight(&db, server.url("/images.json"), server.port);
+    let (holder, in_flight) = post_in_flight_on(&db, server.url("/images.json"), server.port);
     let output = server.proc.output.clone();
     server.proc.signal(nix::sys::signal::Signal::SIGTERM);
     wait_until(Duration::from_secs(5), "the shutdown log line", || {
         output.contains("SIGTERM received")
     });
-    holder.execute_batch("ROLLBACK").unwrap();
+    holder.release();
     assert_eq!(in_flight.join().unwrap().unwrap(), 200);
     let status = server
         .proc
         .wait_timeout(Duration::from_secs(10))
         .expect("exit after drain");
     assert!(status.success(), "{status}");
+    assert_eq!(db.count(), 4, "the drained POST is stored");
 }

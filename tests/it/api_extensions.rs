@@ -1,13 +1,13 @@
-//! SPEC §13's API extensions against the real `api-server` on temp SQLite
-//! files: pagination, `Idempotency-Key` (across workers, under concurrency
+//! SPEC §13's API extensions against the real `api-server`, on each backend
+//! (`api_extensions::sqlite::*` and `api_extensions::postgres::*`, one body
+//! each): pagination, `Idempotency-Key` (across workers, under concurrency
 //! and through SIGKILLs behind the supervisor), the early 413, and an
 //! unpaged list of a large table served in bounded memory while `/health`
-//! stays fast.
+//! stays fast. None of them is about the SQLite file, so none is SQLite-only.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -16,10 +16,23 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::helpers::database::{Backend, TestDatabase, on_both_backends};
 use crate::helpers::supervisor::Supervisor;
 use crate::helpers::{
-    ApiServer, XorShift, client, established_connections, get_json, heavy, temp_db, wait_until,
+    ApiServer, XorShift, client, established_connections, get_json, heavy, wait_until,
 };
+
+on_both_backends! {
+    pages_hold_exactly_the_rows_after_the_cursor_in_id_order,
+    bad_limits_and_cursors_are_refused_with_400,
+    walking_every_page_while_posts_arrive_skips_and_repeats_nothing,
+    a_worker_s_cached_list_shows_a_post_made_on_another_at_once,
+    an_idempotency_key_stores_once_on_any_worker_and_refuses_another_body,
+    twenty_concurrent_requests_with_one_key_store_one_row,
+    keyed_posts_retried_through_worker_sigkills_are_stored_exactly_once,
+    a_declared_body_over_64_kib_is_refused_with_413_at_once,
+    an_unpaged_list_of_a_60_mb_table_stays_in_bounded_memory_and_health_stays_fast,
+}
 
 /// Asserts a JSON error body `{"error": ...}` and returns the message.
 fn error_message(response: reqwest::blocking::Response, status: StatusCode) -> String {
@@ -68,50 +81,8 @@ fn replayed(response: &reqwest::blocking::Response) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// Rows per title among those whose `alt_text` is `marker`, with their ids.
-fn stored(db: &Path, marker: &str) -> HashMap<String, Vec<i64>> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    let mut statement = conn
-        .prepare("SELECT title, id FROM images WHERE alt_text = ?1 ORDER BY id")
-        .unwrap();
-    let mut rows: HashMap<String, Vec<i64>> = HashMap::new();
-    for row in statement
-        .query_map([marker], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-        })
-        .unwrap()
-    {
-        let (title, id) = row.unwrap();
-        rows.entry(title).or_default().push(id);
-    }
-    rows
-}
-
-/// Inserts `count` rows with `alt_text` of `alt_chars` characters straight
-/// into the file, in one transaction (the schema must exist).
-fn bulk_insert(db: &Path, count: usize, alt_chars: usize, url_chars: usize) {
-    let mut conn = rusqlite::Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    let tx = conn.transaction().unwrap();
-    {
-        let mut insert = tx
-            .prepare("INSERT INTO images (title, alt_text, url) VALUES (?1, ?2, ?3)")
-            .unwrap();
-        let alt = "a".repeat(alt_chars);
-        let url = format!("/images/{}", "u".repeat(url_chars));
-        for n in 0..count {
-            insert
-                .execute((format!("bulk {n:06} {}", "t".repeat(90)), &alt, &url))
-                .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-}
-
-#[test]
-fn pages_hold_exactly_the_rows_after_the_cursor_in_id_order() {
-    let (_dir, db) = temp_db();
+fn pages_hold_exactly_the_rows_after_the_cursor_in_id_order(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let server = ApiServer::start(&db, "api-1", &[]);
     let client = client();
     for n in 0..7 {
@@ -187,9 +158,8 @@ fn pages_hold_exactly_the_rows_after_the_cursor_in_id_order() {
     assert_eq!(walked, all);
 }
 
-#[test]
-fn bad_limits_and_cursors_are_refused_with_400() {
-    let (_dir, db) = temp_db();
+fn bad_limits_and_cursors_are_refused_with_400(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let server = ApiServer::start(&db, "api-1", &[]);
     let client = client();
     for query in [
@@ -232,12 +202,11 @@ fn bad_limits_and_cursors_are_refused_with_400() {
     assert!(message.contains("needs a `limit`"), "{message}");
 }
 
-#[test]
-fn walking_every_page_while_posts_arrive_skips_and_repeats_nothing() {
+fn walking_every_page_while_posts_arrive_skips_and_repeats_nothing(backend: Backend) {
     const LIMIT: usize = 37;
-    let (_dir, db) = temp_db();
+    let db = TestDatabase::new(backend);
     let server = ApiServer::start(&db, "api-1", &[]);
-    bulk_insert(&db, 3000, 50, 20);
+    db.bulk_insert(3000, 50, 20);
     let at_start: Vec<Value> = get_json(&server.url("/images.json"));
     let at_start = ids(&at_start);
 
@@ -309,9 +278,8 @@ fn walking_every_page_while_posts_arrive_skips_and_repeats_nothing() {
     );
 }
 
-#[test]
-fn a_worker_s_cached_list_shows_a_post_made_on_another_at_once() {
-    let (_dir, db) = temp_db();
+fn a_worker_s_cached_list_shows_a_post_made_on_another_at_once(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let one = ApiServer::start(&db, "api-1", &[]);
     let two = ApiServer::start(&db, "api-2", &[]);
     let client = client();
@@ -341,9 +309,8 @@ fn a_worker_s_cached_list_shows_a_post_made_on_another_at_once() {
     }
 }
 
-#[test]
-fn an_idempotency_key_stores_once_on_any_worker_and_refuses_another_body() {
-    let (_dir, db) = temp_db();
+fn an_idempotency_key_stores_once_on_any_worker_and_refuses_another_body(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let one = ApiServer::start(&db, "api-1", &[]);
     let two = ApiServer::start(&db, "api-2", &[]);
     let client = client();
@@ -401,7 +368,7 @@ fn an_idempotency_key_stores_once_on_any_worker_and_refuses_another_body() {
         .unwrap();
     assert_eq!(unkeyed.status(), 200);
 
-    let rows = stored(&db, "idem");
+    let rows = db.ids_by_title("idem");
     let first_id = first["id"].as_i64().unwrap();
     assert_eq!(
         rows["Keyed"].len(),
@@ -411,10 +378,9 @@ fn an_idempotency_key_stores_once_on_any_worker_and_refuses_another_body() {
     assert_eq!(rows["Keyed"][0], first_id);
 }
 
-#[test]
-fn twenty_concurrent_requests_with_one_key_store_one_row() {
+fn twenty_concurrent_requests_with_one_key_store_one_row(backend: Backend) {
     const REQUESTS: usize = 20;
-    let (_dir, db) = temp_db();
+    let db = TestDatabase::new(backend);
     let workers = Arc::new([
         ApiServer::start(&db, "api-1", &[]),
         ApiServer::start(&db, "api-2", &[]),
@@ -428,8 +394,7 @@ fn twenty_concurrent_requests_with_one_key_store_one_row() {
     for round in 0..5 {
         // The write lock is held while the requests arrive, so they are all
         // in flight together and race for it when it is let go.
-        let holder = rusqlite::Connection::open(&db).unwrap();
-        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let holder = db.hold_write_lock();
         let threads: Vec<_> = (0..REQUESTS)
             .map(|i| {
                 let workers = workers.clone();
@@ -454,13 +419,13 @@ fn twenty_concurrent_requests_with_one_key_store_one_row() {
             "every request to reach a worker",
             || connected() >= REQUESTS,
         );
-        holder.execute_batch("ROLLBACK").unwrap();
+        holder.release();
         let answers: Vec<(i64, bool)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         let ids: BTreeSet<i64> = answers.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids.len(), 1, "round {round}: every answer names one image");
         let stored_now = answers.iter().filter(|(_, replayed)| !replayed).count();
         assert_eq!(stored_now, 1, "round {round}: exactly one answer stored");
-        let rows = stored(&db, "race");
+        let rows = db.ids_by_title("race");
         assert_eq!(
             rows[&format!("race {round}")],
             ids.into_iter().collect::<Vec<_>>(),
@@ -474,12 +439,12 @@ fn twenty_concurrent_requests_with_one_key_store_one_row() {
     }
 }
 
-#[test]
-fn keyed_posts_retried_through_worker_sigkills_are_stored_exactly_once() {
+fn keyed_posts_retried_through_worker_sigkills_are_stored_exactly_once(backend: Backend) {
     let _heavy = heavy();
     const CLIENTS: usize = 6;
     const KILLS: usize = 10;
-    let stack = Arc::new(Supervisor::start(&[]));
+    let db = TestDatabase::new(backend);
+    let stack = Arc::new(Supervisor::start_on(&db, &[]));
     let workers = stack.api_names();
     let url = stack.url("/api/images.json");
     let stop = Arc::new(AtomicBool::new(false));
@@ -560,7 +525,7 @@ fn keyed_posts_retried_through_worker_sigkills_are_stored_exactly_once() {
         failures.extend(f);
     }
 
-    let rows = stored(&stack.dir.path().join("gallery.db"), "chaos");
+    let rows = db.ids_by_title("chaos");
     for (n, id, _, _) in &acknowledged {
         assert_eq!(
             rows.get(&format!("chaos {n}")),
@@ -644,9 +609,8 @@ fn raw_post(
     }
 }
 
-#[test]
-fn a_declared_body_over_64_kib_is_refused_with_413_at_once() {
-    let (_dir, db) = temp_db();
+fn a_declared_body_over_64_kib_is_refused_with_413_at_once(backend: Backend) {
+    let db = TestDatabase::new(backend);
     let server = ApiServer::start(&db, "api-1", &[]);
     for extra in ["", "Expect: 100-continue\r\n", "Idempotency-Key: big\r\n"] {
         let (status, head, body, took) = raw_post(server.port, 1_000_000_000_000, extra, b"");
@@ -687,8 +651,9 @@ fn rss_bytes(pid: i32) -> u64 {
     kib * 1024
 }
 
-#[test]
-fn an_unpaged_list_of_a_60_mb_table_stays_in_bounded_memory_and_health_stays_fast() {
+fn an_unpaged_list_of_a_60_mb_table_stays_in_bounded_memory_and_health_stays_fast(
+    backend: Backend,
+) {
     let _heavy = heavy();
     const ROWS: usize = 20_000;
     const READERS: usize = 25;
@@ -697,11 +662,11 @@ fn an_unpaged_list_of_a_60_mb_table_stays_in_bounded_memory_and_health_stays_fas
     const PHASE_DEADLINE: Duration = Duration::from_secs(60);
     const MARGIN: u64 = 20 * 1024 * 1024;
     const HEALTH_LIMIT: Duration = Duration::from_millis(100);
-    let (_dir, db) = temp_db();
-    let store = gallery::store::Store::open(&db, &gallery::store::StoreOptions::default());
-    drop(store.unwrap());
+    let db = TestDatabase::new(backend);
+    // A first worker makes the schema; the rows go in once it is gone.
+    drop(ApiServer::start(&db, "api-schema", &[]));
     let filled = Instant::now();
-    bulk_insert(&db, ROWS, 1000, 1880);
+    db.bulk_insert(ROWS, 1000, 1880);
     let filled = filled.elapsed();
     let server = ApiServer::start(&db, "api-big", &[]);
     let pid = server.proc.pid();

@@ -1,4 +1,6 @@
-//! Several `api-server` processes on one SQLite file (SPEC §3, SQLite).
+//! Several `api-server` processes on one database (SPEC §3, §10), on each
+//! backend (`concurrency::sqlite::*`, `concurrency::postgres::*`). None is
+//! SQLite-only.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -6,13 +8,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
-use crate::helpers::{ApiServer, Proc, bin, client, get_json, temp_db};
+use crate::helpers::database::{Backend, TestDatabase, on_both_backends};
+use crate::helpers::{ApiServer, Proc, bin, client, get_json, heavy};
 
-#[test]
-fn four_workers_take_2000_concurrent_posts_without_an_error_or_a_lost_row() {
+on_both_backends! {
+    four_workers_take_2000_concurrent_posts_without_an_error_or_a_lost_row,
+    three_workers_started_together_on_a_fresh_database_seed_once_with_one_schema,
+}
+
+fn four_workers_take_2000_concurrent_posts_without_an_error_or_a_lost_row(backend: Backend) {
+    let _heavy = heavy();
     const POSTS: usize = 2000;
     const CONNECTIONS: usize = 40;
-    let (_dir, db) = temp_db();
+    let db = TestDatabase::new(backend);
     let workers: Vec<ApiServer> = (1..=4)
         .map(|k| ApiServer::start(&db, &format!("api-{k}"), &[]))
         .collect();
@@ -64,16 +72,10 @@ fn four_workers_take_2000_concurrent_posts_without_an_error_or_a_lost_row() {
     );
     assert_eq!(ids.len(), POSTS, "every acknowledged row has its own id");
 
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let rows: i64 = conn
-        .query_row("SELECT count(*) FROM images", [], |r| r.get(0))
-        .unwrap();
-    let distinct: i64 = conn
-        .query_row(
-            "SELECT count(DISTINCT title) FROM images WHERE alt_text = 'load'",
-            [],
-            |r| r.get(0),
-        )
+    let rows = db.count();
+    let distinct: usize = db
+        .value("SELECT count(DISTINCT title) FROM images WHERE alt_text = 'load'")
+        .parse()
         .unwrap();
     assert_eq!(
         (rows, distinct),
@@ -81,43 +83,47 @@ fn four_workers_take_2000_concurrent_posts_without_an_error_or_a_lost_row() {
         "nothing lost, nothing stored twice"
     );
     eprintln!(
-        "4 workers, {CONNECTIONS} connections: {POSTS} POSTs all 200, table holds {rows} rows"
+        "{backend:?}, 4 workers, {CONNECTIONS} connections: {POSTS} POSTs all 200, table holds {rows} rows"
     );
 }
 
-#[test]
-fn three_workers_started_together_on_a_fresh_file_seed_once_with_one_schema() {
+/// Starts three workers on `database_url` (through `DATABASE_URL`) at the
+/// same moment and checks each serves the three seeded images.
+fn start_three_at_once(database_url: &str, round: usize) -> Vec<Proc> {
+    let mut procs: Vec<Proc> = (1..=3)
+        .map(|k| {
+            let mut command = std::process::Command::new(bin("api-server"));
+            command
+                .args(["--port", "0", "--name", &format!("api-{k}")])
+                .env("DATABASE_URL", database_url);
+            Proc::spawn(&format!("api-{k}"), command)
+        })
+        .collect();
+    let ports: Vec<u16> = procs.iter_mut().map(|p| p.wait_for_port()).collect();
+    for port in &ports {
+        let images: Vec<Value> = get_json(&format!("http://127.0.0.1:{port}/images.json"));
+        assert_eq!(images.len(), 3, "round {round}, port {port}");
+    }
+    procs
+}
+
+fn three_workers_started_together_on_a_fresh_database_seed_once_with_one_schema(backend: Backend) {
+    // What one worker alone makes of a fresh database.
+    let alone = {
+        let db = TestDatabase::new(backend);
+        drop(ApiServer::start(&db, "api-1", &[]));
+        db.schema()
+    };
     for round in 0..10 {
-        let (_dir, db) = temp_db();
-        let mut procs: Vec<Proc> = (1..=3)
-            .map(|k| {
-                let mut command = std::process::Command::new(bin("api-server"));
-                command
-                    .args(["--port", "0", "--name", &format!("api-{k}")])
-                    .env("DATABASE_URL", format!("sqlite://{}", db.display()));
-                Proc::spawn(&format!("api-{k}"), command)
-            })
-            .collect();
-        let ports: Vec<u16> = procs.iter_mut().map(|p| p.wait_for_port()).collect();
-        for port in &ports {
-            let images: Vec<Value> = get_json(&format!("http://127.0.0.1:{port}/images.json"));
-            assert_eq!(images.len(), 3, "round {round}, port {port}");
-        }
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        let rows: i64 = conn
-            .query_row("SELECT count(*) FROM images", [], |r| r.get(0))
-            .unwrap();
-        // Two tables at version 2 (images, idempotency keys), seeded once.
-        assert_eq!((tables, version, rows), (2, 2, 3), "round {round}");
+        let db = TestDatabase::new(backend);
+        let _workers = start_three_at_once(&db.url(), round);
+        assert_eq!(db.count(), 3, "round {round}: seeded once");
+        assert_eq!(
+            db.schema(),
+            alone,
+            "round {round}: the schema of one worker"
+        );
+        // Version 2: the images, then the Idempotency-Key table (SPEC §13).
+        assert_eq!(db.schema_version(), 2, "round {round}: one version");
     }
 }

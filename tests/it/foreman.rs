@@ -1,5 +1,9 @@
 //! SPEC §8: the Procfile under the real `foreman`, and the checked-in
 //! top-level nginx.conf.
+//!
+//! On SQLite only: the Procfile names the default `gallery.db`, and the JSON
+//! 502 under `/api/` is nginx's own, with no worker and no database behind
+//! it.
 
 use std::path::Path;
 use std::process::Command;

@@ -1,6 +1,12 @@
 //! SPEC §13 from outside: nginx's own errors as JSON, a run directory that
 //! is never world-writable, and thousands of slow clients that never stop
 //! the others from being served.
+//!
+//! All on SQLite only. Three are about the SQLite file itself: a removed,
+//! replaced or read-only file, the file made the servers' own when run as
+//! root, and another process opening it (its `-wal` and `-shm`). The others
+//! never reach a database (nginx's own answers, the run directory's modes,
+//! slow clients held at the connection limits).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,5 +1,12 @@
 //! `gallery-supervisor` end to end (SPEC §6, §7): the real binaries, a real
-//! nginx, a temp SQLite file, free ports.
+//! nginx, a temp database, free ports.
+//!
+//! The tests of the §3 contract through nginx run on each backend
+//! (`supervisor::sqlite::*`, `supervisor::postgres::*`): the seeded list and
+//! load balancing, nginx's own JSON errors beside the workers', a POST
+//! stored once, large bodies, and POSTs through worker kills. The others are
+//! about processes and signals, whatever the workers store in, and run on
+//! the default SQLite file only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,10 +15,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use crate::helpers::database::{Backend, TestDatabase, on_both_backends};
 use crate::helpers::supervisor::Supervisor;
 use crate::helpers::{
     ORIGINAL_POST, client, get_json, is_alive, post_form, post_in_flight, wait_until,
 };
+
+on_both_backends! {
+    the_stack_serves_the_page_and_the_api_and_announces_every_process,
+    nginx_answers_its_own_errors_under_api_as_json,
+    a_post_through_nginx_is_stored_once,
+    large_bodies_pass_nginx_even_when_its_workers_cannot_reach_the_run_directory,
+    posts_through_kills_are_never_lost_once_acknowledged_and_never_replayed,
+}
 
 fn kill(pid: i32, signal: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
@@ -31,9 +47,9 @@ fn wait_for_replacement(stack: &Supervisor, name: &str, old: i32, killed_at: Ins
     killed_at.elapsed()
 }
 
-#[test]
-fn the_stack_serves_the_page_and_the_api_and_announces_every_process() {
-    let stack = Supervisor::start(&[]);
+fn the_stack_serves_the_page_and_the_api_and_announces_every_process(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let stack = Supervisor::start_on(&db, &[]);
     let page = client().get(stack.url("/")).send().unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().unwrap().contains("script.js"));
@@ -302,9 +318,9 @@ fn status_prints_a_table_and_the_raw_state() {
     }
 }
 
-#[test]
-fn nginx_answers_its_own_errors_under_api_as_json() {
-    let stack = Supervisor::start(&["--api-workers", "1"]);
+fn nginx_answers_its_own_errors_under_api_as_json(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let stack = Supervisor::start_on(&db, &["--api-workers", "1"]);
     let big = format!(
         r#"{{"title": "t", "alt_text": "a", "url": "/x", "pad": "{}"}}"#,
         "p".repeat(70_000)
@@ -334,13 +350,16 @@ fn nginx_answers_its_own_errors_under_api_as_json() {
     );
 }
 
-#[test]
-fn a_post_through_nginx_is_stored_once() {
-    let stack = Supervisor::start(&[]);
+fn a_post_through_nginx_is_stored_once(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let stack = Supervisor::start_on(&db, &[]);
     let response = post_form(&stack.url("/api/images.json?indent=2"), ORIGINAL_POST);
     assert_eq!(response.status(), 200);
+    let stored: Value = response.json().unwrap();
     let images: Vec<Value> = get_json(&stack.url("/api/images.json"));
     assert_eq!(images.len(), 4);
+    assert_eq!(images.last(), Some(&stored));
+    assert_eq!(db.count(), 4);
 }
 
 #[test]
@@ -377,14 +396,17 @@ fn a_second_signal_stops_at_once() {
     let _ = in_flight.join();
 }
 
-#[test]
-fn large_bodies_pass_nginx_even_when_its_workers_cannot_reach_the_run_directory() {
+fn large_bodies_pass_nginx_even_when_its_workers_cannot_reach_the_run_directory(backend: Backend) {
     // A private (0700) run directory: when the tests run as root, nginx's
     // workers run as an unprivileged user that cannot enter it, so nothing
     // may depend on nginx's temp files.
     let private = tempfile::tempdir().unwrap();
     let run_dir = private.path().join("run");
-    let stack = Supervisor::start(&["--api-workers", "1", "--run-dir", run_dir.to_str().unwrap()]);
+    let db = TestDatabase::new(backend);
+    let stack = Supervisor::start_on(
+        &db,
+        &["--api-workers", "1", "--run-dir", run_dir.to_str().unwrap()],
+    );
     let alt_text = "a".repeat(1000);
     for n in 0..40 {
         let body = serde_json::json!({
@@ -408,11 +430,11 @@ fn large_bodies_pass_nginx_even_when_its_workers_cannot_reach_the_run_directory(
     );
 }
 
-#[test]
-fn posts_through_kills_are_never_lost_once_acknowledged_and_never_replayed() {
+fn posts_through_kills_are_never_lost_once_acknowledged_and_never_replayed(backend: Backend) {
     let _heavy = crate::helpers::heavy();
     const POSTS: usize = 1500;
-    let stack = Arc::new(Supervisor::start(&[]));
+    let db = TestDatabase::new(backend);
+    let stack = Arc::new(Supervisor::start_on(&db, &[]));
     let next = Arc::new(AtomicUsize::new(0));
     let posters: Vec<_> = (0..8)
         .map(|_| {
@@ -450,15 +472,7 @@ fn posts_through_kills_are_never_lost_once_acknowledged_and_never_replayed() {
         acknowledged.extend(a);
         refused.extend(r);
     }
-    let conn = rusqlite::Connection::open(stack.dir.path().join("gallery.db")).unwrap();
-    let mut statement = conn
-        .prepare("SELECT title, count(*) FROM images GROUP BY title")
-        .unwrap();
-    let stored: std::collections::HashMap<String, i64> = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let stored = db.titles();
     for n in &acknowledged {
         assert_eq!(
             stored.get(&format!("post {n}")),

@@ -349,7 +349,13 @@ pub fn stored_titles(db: &Path) -> HashMap<String, i64> {
 /// Panics unless every acknowledged title is stored exactly once and no
 /// title at all is stored twice; returns how many rows there are.
 pub fn assert_stored_once(db: &Path, acknowledged: &[String]) -> usize {
-    let stored = stored_titles(db);
+    assert_each_stored_once(&stored_titles(db), acknowledged)
+}
+
+/// Panics unless `stored` (title to rows, from either backend) holds every
+/// acknowledged title exactly once and no title twice; returns how many
+/// titles there are.
+pub fn assert_each_stored_once(stored: &HashMap<String, i64>, acknowledged: &[String]) -> usize {
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|t| !stored.contains_key(*t))

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod database;
 pub mod http;
 pub mod load;
 pub mod postgres;
@@ -241,8 +242,9 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Starts `api-server --port 0 --database DB --name NAME [extra...]`.
-    pub fn start(database: &Path, name: &str, extra: &[&str]) -> ApiServer {
+    /// Starts `api-server --port 0 --database DB --name NAME [extra...]`;
+    /// `database` is a path, a URL or a [`database::TestDatabase`].
+    pub fn start(database: impl AsRef<std::ffi::OsStr>, name: &str, extra: &[&str]) -> ApiServer {
         let mut command = Command::new(bin("api-server"));
         command
             .args(["--port", "0", "--name", name, "--database"])
@@ -371,6 +373,29 @@ pub fn post_in_flight(
 ) {
     let holder = rusqlite::Connection::open(db).unwrap();
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    (holder, send_in_flight(url, worker_port))
+}
+
+/// [`post_in_flight`] on either backend: the POST waits on `db`'s write
+/// lock ([`database::TestDatabase::hold_write_lock`]) until the returned
+/// guard is released or dropped.
+pub fn post_in_flight_on(
+    db: &database::TestDatabase,
+    url: String,
+    worker_port: u16,
+) -> (
+    database::WriteLock,
+    std::thread::JoinHandle<reqwest::Result<reqwest::StatusCode>>,
+) {
+    let holder = db.hold_write_lock();
+    (holder, send_in_flight(url, worker_port))
+}
+
+/// Sends a POST to `url` on a thread; returns once it reached `worker_port`.
+fn send_in_flight(
+    url: String,
+    worker_port: u16,
+) -> std::thread::JoinHandle<reqwest::Result<reqwest::StatusCode>> {
     let in_flight = std::thread::spawn(move || {
         client()
             .post(url)
@@ -383,7 +408,7 @@ pub fn post_in_flight(
         "the POST to reach the worker",
         || established_connections(worker_port) > 0,
     );
-    (holder, in_flight)
+    in_flight
 }
 
 /// A tiny deterministic random number generator (xorshift64) for tests that

@@ -53,6 +53,17 @@ impl Supervisor {
         Self::start_in(dir, extra)
     }
 
+    /// Starts the stack on `db` (`--database`, before `extra`) and waits
+    /// for "gallery is up".
+    pub fn start_on(db: &super::database::TestDatabase, extra: &[&str]) -> Supervisor {
+        let database = db.arg();
+        let args: Vec<&str> = ["--database", database.as_str()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::start(&args)
+    }
+
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Supervisor {
         let command = Self::command(dir.path(), extra);
         Self::start_command(dir, command)
