@@ -16,13 +16,15 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+
+use crate::helpers::database::{Backend, TestDatabase};
 use serde_json::{Value, json};
 
 use crate::helpers::supervisor::Supervisor;
@@ -148,34 +150,35 @@ fn sqlite_rows(path: &Path) -> (Vec<(i64, String)>, Vec<String>) {
     (images, keys)
 }
 
-/// The one database two stacks share, chosen here and nowhere else: one
-/// SQLite file on this machine, which every worker of both stacks opens
-/// (writes take SQLite's lock in `BEGIN IMMEDIATE`, so an Idempotency-Key
-/// stored through one stack is seen by the other). Across machines this
-/// becomes one PostgreSQL (`tests/it/helpers/postgres.rs`) once the store
-/// speaks it: only this type changes.
-struct SharedDatabase {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
+/// The database both front doors share: one PostgreSQL, as two machines
+/// would share it (SPEC §10).
+struct SharedDatabase(TestDatabase);
 
 impl SharedDatabase {
     fn new() -> SharedDatabase {
-        // Root's and 0755, like the stacks' own directories: the servers
-        // (as `nobody` under root) use the file the supervisor made theirs.
-        let dir = Supervisor::temp_dir();
-        let path = dir.path().join("shared.db");
-        SharedDatabase { _dir: dir, path }
+        SharedDatabase(TestDatabase::new(Backend::Postgres))
     }
 
     /// The value of `--database` for every stack.
     fn flag(&self) -> String {
-        self.path.display().to_string()
+        self.0.arg()
     }
 
     /// (id, title) of every image, and every stored Idempotency-Key.
     fn rows(&self) -> (Vec<(i64, String)>, Vec<String>) {
-        sqlite_rows(&self.path)
+        let images = self
+            .0
+            .rows("SELECT id, title FROM images ORDER BY id")
+            .into_iter()
+            .map(|row| (row[0].parse().unwrap(), row[1].clone()))
+            .collect();
+        let keys = self
+            .0
+            .rows("SELECT key FROM idempotency_keys")
+            .into_iter()
+            .map(|row| row[0].clone())
+            .collect();
+        (images, keys)
     }
 }
 

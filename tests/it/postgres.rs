@@ -1,4 +1,6 @@
-//! The PostgreSQL backend (SPEC §10): things only Postgres has. The API
+//! The PostgreSQL backend (SPEC §10): things only Postgres has. Seeding
+//! once under concurrent starts and 2,000 concurrent POSTs run on both
+//! backends in `concurrency.rs`. The API
 //! contract itself runs on both backends in `api.rs` and friends.
 //!
 //! Every test here runs the real binaries against the test process's
@@ -54,45 +56,6 @@ fn the_throwaway_cluster_gives_each_test_a_database_of_its_own() {
         "0"
     );
     assert!(first.url.starts_with("postgres://gallery:"));
-}
-
-/// Issue 10, done-when 2.
-#[test]
-fn three_workers_started_together_on_a_fresh_database_seed_once_with_one_schema() {
-    let _heavy = crate::helpers::heavy();
-    for round in 0..10 {
-        let database = postgres::database();
-        // Started together: all three connect and migrate at once.
-        let mut procs: Vec<Proc> = (1..=3)
-            .map(|k| {
-                let name = format!("api-{k}");
-                Proc::spawn(&name, api_command(&database.url, &name, &[]))
-            })
-            .collect();
-        let ports: Vec<u16> = procs.iter_mut().map(|p| p.wait_for_port()).collect();
-        for port in &ports {
-            let images: Vec<Value> =
-                crate::helpers::get_json(&format!("http://127.0.0.1:{port}/images.json"));
-            assert_eq!(images.len(), 3, "round {round}, port {port}");
-        }
-        let tables = database.query(
-            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
-        );
-        assert_eq!(
-            tables, "idempotency_keys,images,schema_version",
-            "round {round}"
-        );
-        assert_eq!(
-            database.query("SELECT string_agg(version::text, ',') FROM schema_version"),
-            "2",
-            "round {round}: one version row"
-        );
-        assert_eq!(
-            database.query("SELECT string_agg(id || ' ' || title, ',' ORDER BY id) FROM images"),
-            "1 Sunset,2 Mountain,3 Cat",
-            "round {round}: seeded once"
-        );
-    }
 }
 
 /// A URL on the test cluster's host with `port`, `database` and `password`.
@@ -871,72 +834,4 @@ fn a_worker_on_postgres_stops_cleanly_on_sigterm() {
     let (status, output) = proc.finish(Duration::from_secs(20));
     assert!(!output.contains("panicked"), "{output}");
     assert_eq!(status.code(), Some(0), "{output}");
-}
-
-/// Group commit on PostgreSQL under load: four workers, many concurrent
-/// POSTs, no error, no lost or doubled row, ids unique.
-#[test]
-fn four_workers_take_1000_concurrent_posts_without_an_error_or_a_lost_row() {
-    const POSTS: usize = 1000;
-    const CONNECTIONS: usize = 20;
-    let _heavy = crate::helpers::heavy();
-    let database = postgres::database();
-    let workers: Vec<ApiServer> = (1..=4)
-        .map(|k| api_server(&database.url, &format!("api-{k}"), &[]))
-        .collect();
-    let urls: Arc<Vec<String>> = Arc::new(workers.iter().map(|w| w.url("/images.json")).collect());
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let threads: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            let (urls, next) = (urls.clone(), next.clone());
-            std::thread::spawn(move || {
-                let client = client();
-                let (mut ids, mut failures) = (Vec::new(), Vec::new());
-                loop {
-                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    if n >= POSTS {
-                        break (ids, failures);
-                    }
-                    let body =
-                        format!(r#"{{"title": "post {n}", "alt_text": "load", "url": "/l"}}"#);
-                    match client.post(&urls[n % urls.len()]).body(body).send() {
-                        Ok(r) if r.status() == 200 => {
-                            ids.push(r.json::<Value>().unwrap()["id"].as_i64().unwrap())
-                        }
-                        Ok(r) => failures.push(format!(
-                            "{} {}",
-                            r.status(),
-                            r.text().unwrap_or_default()
-                        )),
-                        Err(e) => failures.push(e.to_string()),
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut ids = std::collections::HashSet::new();
-    let mut failures = Vec::new();
-    for thread in threads {
-        let (thread_ids, thread_failures) = thread.join().unwrap();
-        ids.extend(thread_ids);
-        failures.extend(thread_failures);
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {:?}",
-        failures.len(),
-        failures.first()
-    );
-    assert_eq!(ids.len(), POSTS, "every acknowledged row has its own id");
-    assert_eq!(
-        count(&database, "SELECT count(*) FROM images"),
-        POSTS as i64 + 3
-    );
-    assert_eq!(
-        count(
-            &database,
-            "SELECT count(DISTINCT title) FROM images WHERE alt_text = 'load'"
-        ),
-        POSTS as i64
-    );
 }

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,38 +15,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use crate::helpers::database::{Backend, TestDatabase};
 use crate::helpers::load::{Load, Mix};
 use crate::helpers::supervisor::Supervisor;
 use crate::helpers::{Proc, bin, client, heavy, is_alive, wait_for, wait_until};
 
-/// The one database every host's workers share. A SQLite file works for
-/// hosts that are loopback addresses of one machine; across real machines
-/// it is a PostgreSQL URL (swap this for the throwaway cluster once the
-/// workers speak PostgreSQL).
-fn shared_database(dir: &Path) -> String {
-    dir.join("gallery.db").display().to_string()
-}
-
-/// Starts a stack whose front door is on a port below the ephemeral range
-/// (32768 and up on Linux). nginx binds it itself, after the supervisor
-/// has checked it and let go; a free ephemeral port could meanwhile become
-/// the local port of one of the many connections a load makes.
-fn start_stack(extra: &[&str]) -> Supervisor {
-    let mut random = crate::helpers::XorShift(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1,
-    );
-    let port = wait_for(Duration::from_secs(10), "a free port below 32768", || {
-        let port = 20_000 + (random.next() % 12_000) as u16;
-        TcpListener::bind(("127.0.0.1", port)).ok().map(|_| port)
-    })
-    .to_string();
-    let mut args = vec!["--port", &port];
-    args.extend(extra);
-    Supervisor::start(&args)
+/// The one database every host's workers share: one PostgreSQL, as real
+/// hosts would share it (a throwaway cluster, `helpers::postgres`).
+fn shared_database() -> TestDatabase {
+    TestDatabase::new(Backend::Postgres)
 }
 
 /// Starts `gallery-supervisor --role workers` (on 127.0.0.2, names `b-…`)
@@ -147,8 +123,8 @@ fn answers_by_worker(url: &str, connections: usize, each: Each) -> BTreeMap<Stri
 #[test]
 fn two_hosts_share_the_load_and_a_dead_host_costs_no_get() {
     let _heavy = heavy();
-    let data = Supervisor::temp_dir();
-    let database = shared_database(data.path());
+    let shared = shared_database();
+    let database = shared.arg();
     let host_b = start_workers(&["--api-workers", "2", "--database", &database]);
     assert_eq!(host_b.api_names(), ["b-api-1", "b-api-2"]);
     assert!(
@@ -162,11 +138,11 @@ fn two_hosts_share_the_load_and_a_dead_host_costs_no_get() {
     // Host A: the whole stack, its one worker beside B's two.
     let mut a_args = vec!["--api-workers", "1", "--database", &database];
     a_args.extend(strs(&upstreams));
-    let host_a = start_stack(&a_args);
+    let host_a = Supervisor::start(&a_args);
     // A front with no worker of its own, over B's two (and no database).
     let mut c_args = vec!["--role", "front"];
     c_args.extend(strs(&upstreams));
-    let front = start_stack(&c_args);
+    let front = Supervisor::start(&c_args);
     assert!(!front.dir.path().join("gallery.db").exists());
 
     // state.json and status list B's workers as remote, unsupervised.
@@ -280,8 +256,8 @@ fn two_hosts_share_the_load_and_a_dead_host_costs_no_get() {
 
 #[test]
 fn a_workers_host_scales_restarts_and_stops_without_nginx() {
-    let data = Supervisor::temp_dir();
-    let database = shared_database(data.path());
+    let shared = shared_database();
+    let database = shared.arg();
     let mut host = start_workers(&["--api-workers", "1", "--database", &database]);
     let output = host.proc.output.text();
     assert!(
@@ -408,7 +384,7 @@ fn every_lb_method_passes_nginx_t_and_serves() {
             nginx_accepts(&output.stdout);
         }
         // And a stack runs with it: GETs and a POST through nginx.
-        let stack = start_stack(&["--api-workers", "2", "--lb-method", method]);
+        let stack = Supervisor::start(&["--api-workers", "2", "--lb-method", method]);
         // nginx refuses backup servers beside ip_hash (the POSTs' upstream
         // has one writer and no method, so it keeps its backups).
         let conf = stack.nginx_conf();
@@ -498,7 +474,7 @@ fn least_conn_sends_fewer_requests_to_a_worker_that_holds_them() {
     // The slow worker's requests relative to the mean of the two fast ones.
     let mut share = BTreeMap::new();
     for method in ["round-robin", "least-conn"] {
-        let stack = start_stack(&[
+        let stack = Supervisor::start(&[
             "--api-workers",
             "2",
             "--lb-method",

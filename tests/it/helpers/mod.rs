@@ -304,12 +304,30 @@ pub fn established_connections(port: u16) -> usize {
 }
 
 /// A port that was free a moment ago (for nginx, which binds its own).
+///
+/// Picked below the kernel's ephemeral range (32768 and up), never twice
+/// by this process: between this check and nginx's own bind, a port from
+/// the ephemeral range could become another test's port-0 server or the
+/// local end of one of a load's connections.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Option<(XorShift, std::collections::HashSet<u16>)>> = Mutex::new(None);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (random, seen) = given.get_or_insert_with(|| {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            ^ u64::from(std::process::id()) << 32;
+        (XorShift(seed | 1), Default::default())
+    });
+    loop {
+        let port = 20_000 + (random.next() % 12_000) as u16;
+        if seen.insert(port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Whether `pid` is a live (not zombie) process.
