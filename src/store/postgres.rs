@@ -20,9 +20,9 @@
 //! database closed to connections, wrong credentials) every request is a
 //! quick [`StoreError::Unreachable`] (503) instead of a wait for the pool,
 //! each change of that state is logged once, and the pool keeps trying in
-//! the background. Lock and statement timeouts, deadlocks, too many
-//! connections and a pool with no free connection are [`StoreError::Busy`];
-//! anything else is a generic error. At start, a server that cannot be
+//! the background. Lock and statement timeouts, deadlocks and a pool with
+//! no free connection are [`StoreError::Busy`]; anything else is a generic
+//! error. Errors are logged with the server's code and message. At start, a server that cannot be
 //! reached is one [`StoreError::CannotConnect`] line naming host, port,
 //! database and user, never the password.
 //!
@@ -39,7 +39,8 @@
 //! finished, plus the server's start time. One round trip, no table scan,
 //! and exact: a commit acknowledged by any worker is finished in every
 //! snapshot taken after it, whatever order ids were committed in (which
-//! `max(id)` would miss).
+//! `max(id)` would miss). Concurrent readers share one round trip
+//! ([`VersionReads`]).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
