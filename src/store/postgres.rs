@@ -20,9 +20,9 @@
 //! database closed to connections, wrong credentials) every request is a
 //! quick [`StoreError::Unreachable`] (503) instead of a wait for the pool,
 //! each change of that state is logged once, and the pool keeps trying in
-//! the background. Lock and statement timeouts, deadlocks, too many
-//! connections and a pool with no free connection are [`StoreError::Busy`];
-//! anything else is a generic error. At start, a server that cannot be
+//! the background. Lock and statement timeouts, deadlocks and a pool with
+//! no free connection are [`StoreError::Busy`]; anything else is a generic
+//! error. Errors are logged with the server's code and message. At start, a server that cannot be
 //! reached is one [`StoreError::CannotConnect`] line naming host, port,
 //! database and user, never the password.
 //!
@@ -39,7 +39,8 @@
 //! finished, plus the server's start time. One round trip, no table scan,
 //! and exact: a commit acknowledged by any worker is finished in every
 //! snapshot taken after it, whatever order ids were committed in (which
-//! `max(id)` would miss).
+//! `max(id)` would miss). Concurrent readers share one round trip
+//! ([`VersionReads`]).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +95,74 @@ struct Shared {
     health: Mutex<Option<Client>>,
     reach: Arc<Reach>,
     busy_timeout: Duration,
+    versions: VersionReads,
+}
+
+/// Concurrent [`Postgres::data_version`] calls share reads: a caller may
+/// take the answer of any read that *started* after it asked (that read
+/// sees every commit acknowledged before the caller asked), so under load
+/// one round trip answers everyone who arrived during the one before.
+#[derive(Default)]
+struct VersionReads {
+    state: Mutex<ReadState>,
+    done: std::sync::Condvar,
+}
+
+impl VersionReads {
+    /// The answer of a `read` that started after this call did: this
+    /// caller's own, or one another caller started meanwhile.
+    fn read(
+        &self,
+        read: impl FnOnce() -> Result<ServerVersion, StoreError>,
+    ) -> Result<ServerVersion, StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Any read numbered above those started so far begins after now.
+        let wanted = state.started + 1;
+        loop {
+            if state.finished >= wanted
+                && let Some(answer) = &state.answer
+            {
+                return match answer {
+                    Ok(version) => Ok(version.clone()),
+                    Err(e) => Err(e.for_another()),
+                };
+            }
+            if !state.reading {
+                state.reading = true;
+                state.started += 1;
+                let number = state.started;
+                drop(state);
+                // A panic must not leave the others waiting for ever.
+                let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Failed("reading the snapshot panicked".into()))
+                    });
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.reading = false;
+                state.finished = number;
+                state.answer = Some(match &answer {
+                    Ok(version) => Ok(version.clone()),
+                    Err(e) => Err(e.for_another()),
+                });
+                self.done.notify_all();
+                return answer;
+            }
+            state = self
+                .done
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+#[derive(Default)]
+struct ReadState {
+    /// Reads started so far; the one in flight, if any, is the last.
+    started: u64,
+    reading: bool,
+    /// The last read that finished: its number and its answer.
+    finished: u64,
+    answer: Option<Result<ServerVersion, StoreError>>,
 }
 
 /// Closing a connection blocks on the client's own small runtime, which
@@ -366,6 +435,7 @@ impl Postgres {
                 health: Mutex::new(None),
                 reach,
                 busy_timeout: options.busy_timeout,
+                versions: VersionReads::default(),
             }),
         }
     }
@@ -462,8 +532,13 @@ impl Postgres {
         .map(|(_, ())| ())
     }
 
-    /// The server's snapshot now; see [`ServerVersion`].
+    /// The server's snapshot now (taken after this call began); see
+    /// [`ServerVersion`] and [`VersionReads`].
     pub(super) fn data_version(&self) -> Result<ServerVersion, StoreError> {
+        self.shared.versions.read(|| self.read_version())
+    }
+
+    fn read_version(&self) -> Result<ServerVersion, StoreError> {
         let (_, (started, snapshot)) = self.checked_out(
             |client| {
                 let row = client.query_typed_one(
@@ -789,6 +864,56 @@ mod tests {
             );
         }
         assert_eq!(version("5:9:5,7").in_progress, [5, 7]);
+    }
+
+    #[test]
+    fn concurrent_version_reads_share_a_read_that_started_after_each_asked() {
+        use std::sync::atomic::AtomicU64;
+        const CALLERS: u64 = 24;
+        let reads = Arc::new(VersionReads::default());
+        // The "server": a commit counter, bumped by every caller just
+        // before it asks (its own write, acknowledged).
+        let commits = Arc::new(AtomicU64::new(100));
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let (reads, commits, round_trips) =
+                    (reads.clone(), commits.clone(), round_trips.clone());
+                std::thread::spawn(move || {
+                    let mine = commits.fetch_add(1, Ordering::SeqCst) + 1;
+                    let seen = reads
+                        .read(|| {
+                            round_trips.fetch_add(1, Ordering::SeqCst);
+                            let now = commits.load(Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(20));
+                            Ok(version(&format!("{now}:{now}:")))
+                        })
+                        .unwrap();
+                    (mine, seen)
+                })
+            })
+            .collect();
+        for caller in callers {
+            let (mine, seen) = caller.join().unwrap();
+            assert!(
+                seen.xmax >= mine,
+                "a read that began before commit {mine}: {seen:?}"
+            );
+        }
+        let trips = round_trips.load(Ordering::SeqCst);
+        assert!(trips < CALLERS, "{trips} round trips for {CALLERS} callers");
+    }
+
+    #[test]
+    fn a_failed_or_panicking_version_read_answers_its_waiters_and_the_next_reads_again() {
+        let reads = VersionReads::default();
+        let error = reads.read(|| panic!("boom")).unwrap_err();
+        assert!(error.to_string().contains("panicked"), "{error}");
+        let busy = reads
+            .read(|| Err(StoreError::Busy("lock timeout".into())))
+            .unwrap_err();
+        assert!(busy.is_busy());
+        assert_eq!(reads.read(|| Ok(version("7:7:"))).unwrap(), version("7:7:"));
     }
 
     #[test]

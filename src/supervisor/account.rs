@@ -18,6 +18,10 @@
 //!
 //! A supervisor not started as root changes nobody: its servers run as it
 //! does, and a `--user` naming anyone else is refused.
+//!
+//! Everything here about the database is about an SQLite file: a
+//! PostgreSQL database is reached over the network, and the supervisor
+//! skips these checks, the hold and the hand-over for it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
