@@ -381,9 +381,11 @@ fn an_idempotency_key_stores_once_on_any_worker_and_refuses_another_body(backend
 fn twenty_concurrent_requests_with_one_key_store_one_row(backend: Backend) {
     const REQUESTS: usize = 20;
     let db = TestDatabase::new(backend);
+    // The lock is held until all twenty requests are in, which on a loaded
+    // machine can take longer than the default 5 s busy timeout.
     let workers = Arc::new([
-        ApiServer::start(&db, "api-1", &[]),
-        ApiServer::start(&db, "api-2", &[]),
+        ApiServer::start(&db, "api-1", &["--busy-timeout-ms", "30000"]),
+        ApiServer::start(&db, "api-2", &["--busy-timeout-ms", "30000"]),
     ]);
     let connected = || {
         workers
