@@ -401,9 +401,10 @@ class PostgresDatabase:
         self.created = True
 
     def _sql(self, url, sql):
+        # On stdin: the 1,000-row fill is longer than an argument may be.
         done = subprocess.run([self.psql, url, "-X", "-q", "-A", "-t", "-F", "\t",
-                               "-v", "ON_ERROR_STOP=1", "-c", sql],
-                              capture_output=True, text=True)
+                               "-v", "ON_ERROR_STOP=1"],
+                              input=sql, capture_output=True, text=True)
         if done.returncode != 0:
             raise BenchError(f"psql: {done.stderr.strip()}")
         return done.stdout

@@ -3,7 +3,8 @@
 //! `NewImage::parse` is the only place the POST rules of SPEC §3 live: all
 //! three fields are strings, `title` and `url` are non-empty after trimming,
 //! lengths are counted in characters, and `url` is an absolute http(s) URL or
-//! a site path starting with a single `/`. Unknown fields are ignored. Values
+//! a site path starting with a single `/`; no field holds a NUL character
+//! (PostgreSQL's text cannot). Unknown fields are ignored. Values
 //! are stored as sent (trimmed), never as HTML.
 
 use serde::Serialize;
@@ -43,6 +44,10 @@ pub enum ValidationError {
     Empty(&'static str),
     #[error("`{field}` must be at most {max} characters")]
     TooLong { field: &'static str, max: usize },
+    /// U+0000 has no place in text, and PostgreSQL cannot store it: it is
+    /// refused on both backends alike.
+    #[error("`{0}` must not contain NUL characters")]
+    Nul(&'static str),
     #[error("`url` must be an absolute http(s) URL or a site path starting with a single /")]
     BadUrl,
 }
@@ -62,6 +67,9 @@ impl NewImage {
             }
             if value.chars().count() > max {
                 return Err(ValidationError::TooLong { field: name, max });
+            }
+            if value.contains('\0') {
+                return Err(ValidationError::Nul(name));
             }
             Ok(value.to_string())
         };
@@ -121,6 +129,18 @@ mod tests {
 
     fn body(title: &str, alt: &str, url: &str) -> Value {
         json!({"title": title, "alt_text": alt, "url": url})
+    }
+
+    #[test]
+    fn refuses_nul_characters_in_any_field() {
+        let with_nul = |field: &str| {
+            let mut body = json!({"title": "t", "alt_text": "a", "url": "/x"});
+            body[field] = json!("before\u{0}after");
+            NewImage::parse(&body)
+        };
+        assert_eq!(with_nul("title"), Err(ValidationError::Nul("title")));
+        assert_eq!(with_nul("alt_text"), Err(ValidationError::Nul("alt_text")));
+        assert!(with_nul("url").is_err());
     }
 
     #[test]
