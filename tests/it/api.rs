@@ -215,8 +215,14 @@ fn invalid_images_are_refused_with_400_and_nothing_is_stored(backend: Backend) {
             "title",
         ),
         (json!({"title": "t", "alt_text": "a", "url": "  "}), "url"),
-        (json!({"title": "a\u0000b", "alt_text": "a", "url": "/x"}), "title"),
-        (json!({"title": "t", "alt_text": "a\u0000", "url": "/x"}), "alt_text"),
+        (
+            json!({"title": "a\u{0}b", "alt_text": "a", "url": "/x"}),
+            "title",
+        ),
+        (
+            json!({"title": "t", "alt_text": "a\u{0}", "url": "/x"}),
+            "alt_text",
+        ),
         (
             json!({"title": long(201), "alt_text": "a", "url": "/x"}),
             "title",
