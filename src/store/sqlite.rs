@@ -278,6 +278,19 @@ impl Sqlite {
         result.map_err(StoreError::Unavailable)
     }
 
+    /// Drops the connections in use: the next operation opens new ones on
+    /// the file at the path.
+    fn forget_connections(&self) {
+        *self
+            .shared
+            .opened
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.shared
+            .checked_at_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The connections for a read: as [`Sqlite::opened`], but without checking
     /// the file again if it passed a check in the last [`READ_CHECK_INTERVAL`]
     /// (the check costs a stat, an access and a read of the header).
@@ -417,15 +430,42 @@ impl Sqlite {
     /// write runs in its own savepoint, so one that fails is undone alone
     /// and gets its own error; a failed commit fails them all (nothing of
     /// theirs is stored). Expired keys are pruned once per group.
+    ///
+    /// Connections that opened while one of the files was not yet writable
+    /// for this account (root's, say, before the supervisor handed it over)
+    /// stay read-only for life, and so does the shared memory of every
+    /// connection of this process while one of them is open. So a group
+    /// refused as read-only at its start drops every connection and tries
+    /// once more on fresh ones; still read-only, that is a 503.
     pub(super) fn commit_group(
         &self,
         writes: &[Write],
         now: SystemTime,
     ) -> Result<Vec<Result<Keyed, StoreError>>, StoreError> {
+        match self.commit_group_once(writes, now)? {
+            Some(results) => Ok(results),
+            None => {
+                self.forget_connections();
+                self.commit_group_once(writes, now)?.ok_or_else(|| {
+                    StoreError::Busy("the database files are read-only for this account".into())
+                })
+            }
+        }
+    }
+
+    /// One try of [`Sqlite::commit_group`]; `None`: refused as read-only
+    /// before anything was written.
+    fn commit_group_once(
+        &self,
+        writes: &[Write],
+        now: SystemTime,
+    ) -> Result<Option<Vec<Result<Keyed, StoreError>>>, StoreError> {
         let mut conn = self.connection()?;
-        let mut tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(classify)?;
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ReadOnly) => return Ok(None),
+            Err(e) => return Err(classify(e)),
+        };
         prune_keys(&tx, now).map_err(classify)?;
         let mut results = Vec::with_capacity(writes.len());
         for write in writes {
@@ -444,7 +484,7 @@ impl Sqlite {
             }
         }
         tx.commit().map_err(classify)?;
-        Ok(results)
+        Ok(Some(results))
     }
 
     /// A real round trip: reads the schema and the images table, on the

@@ -2,9 +2,10 @@
 //! is never world-writable, and thousands of slow clients that never stop
 //! the others from being served.
 //!
-//! All on SQLite only. Three are about the SQLite file itself: a removed,
+//! All on SQLite only. Four are about the SQLite file itself: a removed,
 //! replaced or read-only file, the file made the servers' own when run as
-//! root, and another process opening it (its `-wal` and `-shm`). The others
+//! root, a worker that opened it before it was made its own, and another
+//! process opening it (its `-wal` and `-shm`). The others
 //! never reach a database (nginx's own answers, the run directory's modes,
 //! slow clients held at the connection limits).
 
@@ -567,4 +568,91 @@ fn another_process_opening_and_closing_the_database_takes_nothing_from_the_stack
         .map(Result::unwrap)
         .collect();
     assert_eq!(titles.len(), 3 + 1 + 10, "{titles:?}");
+}
+
+/// A worker whose connections opened while the database's `-shm` was not
+/// yet its account's (root's, as when the supervisor creates the file and
+/// hands it over a moment later) cannot write through them, ever. It must
+/// answer 503 meanwhile, never a 500, and write again once the file is its
+/// own, without a restart.
+#[test]
+fn a_worker_that_opened_before_the_handover_writes_once_the_files_are_its_own() {
+    if !nix::unistd::Uid::effective().is_root() {
+        // Not root: there is no other account to hand the files over to.
+        return;
+    }
+    let dir = Supervisor::temp_dir();
+    let db = dir.path().join("gallery.db");
+    // Created, migrated and seeded by a worker of root's, then left.
+    drop(crate::helpers::ApiServer::start(&db, "api-root", &[]));
+    // Root holds it open (so -wal and -shm stay), as the supervisor does.
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder
+        .query_row("SELECT count(*) FROM images", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let shm = dir.path().join("gallery.db-shm");
+    for file in [db.clone(), dir.path().join("gallery.db-wal")] {
+        std::os::unix::fs::chown(&file, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+            .unwrap();
+    }
+    std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(bin("api-server"))
+        .args([
+            "--port",
+            "0",
+            "--name",
+            "api-1",
+            "--existing-database",
+            "--database",
+        ])
+        .arg(&db)
+        .env_remove("DATABASE_URL");
+    let mut worker = crate::helpers::Proc::spawn("api-1", command);
+    let port = worker.wait_for_port();
+    let post = |title: &str| {
+        client()
+            .post(format!("http://127.0.0.1:{port}/images.json"))
+            .body(format!(
+                r#"{{"title": "{title}", "alt_text": "", "url": "/x"}}"#
+            ))
+            .send()
+            .unwrap()
+    };
+    // Its connections are open (a read), while -shm is still root's.
+    assert_eq!(
+        client()
+            .get(format!("http://127.0.0.1:{port}/images.json"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let refused = post("before the handover");
+    assert_eq!(refused.status(), 503, "busy, not broken");
+    assert!(refused.headers().contains_key("retry-after"));
+
+    std::os::unix::fs::chown(&shm, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).unwrap();
+    for title in ["after the handover", "and again"] {
+        let response = post(title);
+        assert_eq!(response.status(), 200, "{title}: {:?}", response.text());
+    }
+    let stored: i64 = holder
+        .query_row(
+            "SELECT count(*) FROM images WHERE title LIKE '%handover' OR title = 'and again'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored, 2,
+        "the refused POST stored nothing; the others once"
+    );
+    drop(worker);
 }
