@@ -40,41 +40,49 @@ impl FromStr for Origin {
         if authority.contains(['/', '?', '#']) {
             return Err(refuse("an origin has no path, query or fragment"));
         }
-        if authority.contains('@') {
-            return Err(refuse("an origin has no user name or password"));
-        }
-        let (host, port) = match authority.rfind(':') {
-            // A colon inside brackets belongs to an IPv6 address.
-            Some(colon) if !authority[colon..].contains(']') => {
-                let digits = &authority[colon + 1..];
-                let port = digits
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|&p| p != 0 && digits.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or_else(|| refuse("the port must be a number from 1 to 65535"))?;
-                (&authority[..colon], Some(port))
-            }
-            _ => (authority, None),
-        };
-        let plain_name = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        let ipv6 = host.len() > 2
-            && host.starts_with('[')
-            && host.ends_with(']')
-            && host[1..host.len() - 1]
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        if !plain_name && !ipv6 {
-            return Err(refuse("the host must be a name or an IP address"));
-        }
+        let (host, port) = parse_authority(authority).map_err(refuse)?;
         Ok(Origin {
             scheme,
             host: host.to_ascii_lowercase(),
             port,
         })
     }
+}
+
+/// `HOST[:PORT]` of a URL: a host of letters, digits, `-` and `.` (or a
+/// bracketed IPv6 address, brackets kept) and an optional port 1..=65535,
+/// with no user info. The error says why, for the caller's message.
+pub fn parse_authority(authority: &str) -> Result<(&str, Option<u16>), &'static str> {
+    if authority.contains('@') {
+        return Err("it has no user name or password");
+    }
+    let (host, port) = match authority.rfind(':') {
+        // A colon inside brackets belongs to an IPv6 address.
+        Some(colon) if !authority[colon..].contains(']') => {
+            let digits = &authority[colon + 1..];
+            let port = digits
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0 && digits.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or("the port must be a number from 1 to 65535")?;
+            (&authority[..colon], Some(port))
+        }
+        _ => (authority, None),
+    };
+    let plain_name = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let ipv6 = host.len() > 2
+        && host.starts_with('[')
+        && host.ends_with(']')
+        && host[1..host.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+    if !plain_name && !ipv6 {
+        return Err("the host must be a name or an IP address");
+    }
+    Ok((host, port))
 }
 
 impl fmt::Display for Origin {

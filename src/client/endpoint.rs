@@ -56,35 +56,8 @@ impl Endpoint {
             Some(slash) => rest.split_at(slash),
             None => (rest, ""),
         };
-        if authority.contains('@') {
-            return Err(refuse("an endpoint has no user name or password"));
-        }
-        let (host, port) = match authority.rfind(':') {
-            // A colon inside brackets belongs to an IPv6 address.
-            Some(colon) if !authority[colon..].contains(']') => {
-                let digits = &authority[colon + 1..];
-                let port = digits
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|&p| p != 0 && digits.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or_else(|| refuse("the port must be a number from 1 to 65535"))?;
-                (&authority[..colon], port)
-            }
-            _ => (authority, 80),
-        };
-        let plain_name = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        let ipv6 = host.len() > 2
-            && host.starts_with('[')
-            && host.ends_with(']')
-            && host[1..host.len() - 1]
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        if !plain_name && !ipv6 {
-            return Err(refuse("the host must be a name or an IP address"));
-        }
+        let (host, port) = crate::origin::parse_authority(authority).map_err(refuse)?;
+        let port = port.unwrap_or(80);
         if path.contains("//") || path.split('/').any(|part| part == ".." || part == ".") {
             return Err(refuse("the path must be plain, like /api"));
         }
