@@ -17,17 +17,17 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use crate::helpers::database::{Backend, TestDatabase};
 use serde_json::{Value, json};
 
-use crate::helpers::supervisor::Supervisor;
+use crate::helpers::supervisor::{Supervisor, run_to_exit};
 use crate::helpers::webdriver::Browser;
 use crate::helpers::{free_port, heavy, wait_for, wait_until};
 
@@ -70,33 +70,9 @@ fn run_client_with(endpoints: &[&str], args: &[&str], env: &[(&str, &str)]) -> R
         command.args(["--endpoint", endpoint]);
     }
     command.args(args).envs(env.iter().copied());
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let read = |mut stream: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stream.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().unwrap()));
-    let stderr = read(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("gallery-client {args:?} did not exit within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (status, stdout, stderr, took) = run_to_exit(&mut command, Duration::from_secs(60));
+    let status =
+        status.unwrap_or_else(|| panic!("gallery-client {args:?} did not exit within 60 s"));
     let mut all: Vec<String> = endpoints
         .iter()
         .flat_map(|e| ["--endpoint".to_string(), e.to_string()])
@@ -105,9 +81,9 @@ fn run_client_with(endpoints: &[&str], args: &[&str], env: &[(&str, &str)]) -> R
     Ran {
         args: all,
         status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        took: started.elapsed(),
+        stdout,
+        stderr,
+        took,
     }
 }
 

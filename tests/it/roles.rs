@@ -287,17 +287,7 @@ fn a_workers_host_scales_restarts_and_stops_without_nginx() {
 /// Runs the supervisor expecting a start refused at once; its error line.
 fn refused(extra: &[&str]) -> String {
     let dir = Supervisor::temp_dir();
-    let started = Instant::now();
-    let (status, output) = Proc::spawn("supervisor", Supervisor::command(dir.path(), extra))
-        .finish(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(1), "{output}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    let errors: Vec<&str> = output
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line in:\n{output}");
-    errors[0].to_string()
+    crate::supervisor_startup::fails_command(Supervisor::command(dir.path(), extra))
 }
 
 #[test]

@@ -13,7 +13,7 @@ fn fails(dir: &std::path::Path, extra: &[&str]) -> String {
 }
 
 /// Runs `command` expecting a fast failure; returns its error line.
-fn fails_command(command: Command) -> String {
+pub(crate) fn fails_command(command: Command) -> String {
     let started = Instant::now();
     let (status, output) = Proc::spawn("supervisor", command).finish(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{output}");

@@ -441,25 +441,14 @@ const FIELD: char = '\u{1f}';
 const RECORD: char = '\u{1e}';
 
 fn postgres_rows(database: &postgres::Database, sql: &str) -> Vec<Vec<String>> {
-    let out = database
-        .cluster()
-        .psql(&database.name)
-        .arg("-F")
+    let mut psql = database.cluster().psql(&database.name);
+    psql.arg("-F")
         .arg(FIELD.to_string())
         .arg("-R")
-        .arg(RECORD.to_string())
-        .arg("-c")
-        .arg(sql)
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(RECORD.to_string());
     // Nothing at all for no rows; else records between separators, and
     // a newline after the last (so one empty value is "\n").
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = postgres::run_sql(psql, sql);
     if text.is_empty() {
         return Vec::new();
     }

@@ -202,18 +202,7 @@ impl Cluster {
     /// Runs `sql` in `database` and returns what it printed (trimmed);
     /// panics with psql's message on failure.
     pub fn query(&self, database: &str, sql: &str) -> String {
-        let out = self
-            .psql(database)
-            .arg("-c")
-            .arg(sql)
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        run_sql(self.psql(database), sql).trim().to_string()
     }
 
     /// A URL for `database` on this cluster as `user` with `password`.
@@ -239,6 +228,19 @@ impl Cluster {
             cluster: self,
         }
     }
+}
+
+/// Runs `sql` with `psql` (a [`Cluster::psql`] command, with any output
+/// options added) and returns what it printed, as printed; panics with
+/// psql's message on failure.
+pub fn run_sql(mut psql: Command, sql: &str) -> String {
+    let out = psql.arg("-c").arg(sql).output().expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("psql prints UTF-8")
 }
 
 /// One test's database; dropped (connections and all) with this.

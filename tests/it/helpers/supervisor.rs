@@ -273,13 +273,14 @@ impl Ran {
     }
 }
 
-/// Runs `gallery-supervisor ARGS` in `dir` (so the run directory is the
-/// default `.gallery` there) and waits at most `timeout` for it to exit.
-pub fn run_control(dir: &Path, args: &[&str], timeout: Duration) -> Ran {
-    let mut child = Command::new(bin("gallery-supervisor"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("DATABASE_URL")
+/// Runs `command` with its output captured and waits at most `timeout` for
+/// it to exit: its status (`None`: killed at the deadline), stdout, stderr
+/// and how long it took.
+pub fn run_to_exit(
+    command: &mut Command,
+    timeout: Duration,
+) -> (Option<ExitStatus>, String, String, Duration) {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -304,9 +305,26 @@ pub fn run_control(dir: &Path, args: &[&str], timeout: Duration) -> Ran {
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    (
+        status,
+        stdout.join().unwrap(),
+        stderr.join().unwrap(),
+        started.elapsed(),
+    )
+}
+
+/// Runs `gallery-supervisor ARGS` in `dir` (so the run directory is the
+/// default `.gallery` there) and waits at most `timeout` for it to exit.
+pub fn run_control(dir: &Path, args: &[&str], timeout: Duration) -> Ran {
+    let (status, stdout, stderr, took) = run_to_exit(
+        Command::new(bin("gallery-supervisor"))
+            .current_dir(dir)
+            .args(args)
+            .env_remove("DATABASE_URL"),
+        timeout,
+    );
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let Some(status) = status else {
         panic!(
@@ -318,7 +336,7 @@ pub fn run_control(dir: &Path, args: &[&str], timeout: Duration) -> Ran {
         status,
         stdout,
         stderr,
-        took: started.elapsed(),
+        took,
     }
 }
 
