@@ -22,15 +22,14 @@ pub mod stats;
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Router, middleware};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use body::{AnyJson, Indent, ListQuery, MAX_INDENT, MAX_PAGE_LIMIT};
 pub use error::{ApiError, Result};
@@ -130,12 +129,7 @@ pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
         .layer(cors)
-        .layer(crate::http::nosniff())
-        .layer(middleware::from_fn(crate::http::log_request))
-        .layer(SetResponseHeaderLayer::overriding(
-            WORKER_HEADER,
-            worker_value,
-        ))
+        .layer(crate::http::Envelope::new([(WORKER_HEADER, worker_value)]))
 }
 
 /// Runs blocking store work off the async threads.

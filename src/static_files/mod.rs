@@ -63,7 +63,7 @@ pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<Router> {
     );
     let not_found = || async { (StatusCode::NOT_FOUND, "404 Not Found\n") };
     let serve_dir = ServeDir::new(&canonical).not_found_service(axum::routing::any(not_found));
-    let mut router = Router::new()
+    let router = Router::new()
         .fallback_service(serve_dir)
         .layer(middleware::from_fn_with_state(
             Root {
@@ -77,13 +77,11 @@ pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<Router> {
             HeaderValue::from_static("no-cache"),
         ));
     // Outside the containment check, so its 404s and 304s carry them too.
-    for (name, value) in headers::security_headers(api_origins) {
-        router = router.layer(SetResponseHeaderLayer::overriding(name, value));
-    }
     Ok(router
-        .layer(crate::http::nosniff())
         .layer(CompressionLayer::new())
-        .layer(middleware::from_fn(crate::http::log_request)))
+        .layer(crate::http::Envelope::new(headers::security_headers(
+            api_origins,
+        ))))
 }
 
 /// The file a request path names inside `root`, if it stays inside it.

@@ -339,7 +339,7 @@ impl Sqlite {
         let opened = Arc::new(Opened {
             pool,
             health: Dedicated::new(shared.path.clone(), busy_timeout),
-            versions: Dedicated::new(shared.path.clone(), busy_timeout),
+            versions: Dedicated::for_versions(shared.path.clone(), busy_timeout),
             identity,
             generation: shared
                 .generation
@@ -643,6 +643,58 @@ mod tests {
             .execute("UPDATE images SET title = 'b' WHERE id = 4", [])
             .unwrap();
         assert!(store.data_version().unwrap() > second);
+    }
+
+    #[test]
+    fn the_versions_fast_path_sees_every_commit_through_checkpoints_and_log_resets() {
+        let (dir, store) = open_temp();
+        let sqlite = Sqlite::open(&dir.path().join("g.db"), &StoreOptions::default()).unwrap();
+        let other = rusqlite::Connection::open(dir.path().join("g.db")).unwrap();
+        other.busy_timeout(Duration::from_secs(5)).unwrap();
+        let statements = || sqlite.opened_for_read().unwrap().versions.statements();
+        let rounds: i64 = 300;
+        let mut last = sqlite.data_version().unwrap();
+        let before = statements();
+        for round in 0..rounds {
+            // Unchanged: the same reading, from the fast path.
+            for _ in 0..3 {
+                assert_eq!(sqlite.data_version().unwrap(), last, "round {round}");
+            }
+            match round % 5 {
+                // A checkpoint that empties the log: the next write starts
+                // it again from frame 1, with new salts.
+                0 => {
+                    other
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                        .unwrap();
+                    // SQLite may count the emptied log as a change: never less.
+                    let checkpointed = sqlite.data_version().unwrap();
+                    assert!(checkpointed >= last, "round {round}");
+                    last = checkpointed;
+                    other
+                        .execute("UPDATE images SET title = ?1 WHERE id = 1", [round])
+                        .unwrap();
+                }
+                1 => store.insert_image(&new_image("a")).map(drop).unwrap(),
+                2 => other
+                    .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                    .and_then(|()| other.execute("DELETE FROM images WHERE id > 3", []))
+                    .map(drop)
+                    .unwrap(),
+                _ => other
+                    .execute("UPDATE images SET title = ?1 WHERE id = 2", [round])
+                    .map(drop)
+                    .unwrap(),
+            }
+            let now = sqlite.data_version().unwrap();
+            assert!(now > last, "round {round}: {now:?} after {last:?}");
+            last = now;
+        }
+        // One statement per change (a checkpoint is one, too), at most:
+        // the unchanged reads peeked.
+        let ran = statements() - before;
+        let changes = rounds as u64 + rounds as u64 / 5;
+        assert!(ran <= changes + 5, "{ran} statements for {changes} changes");
     }
 
     #[test]
