@@ -69,6 +69,30 @@ pub struct Cache {
 impl Cache {
     /// The answer for `method path` from memory, if it can be given so.
     pub fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Response> {
+        let entry = self.fresh_entry(method, path, headers)?;
+        Some(respond(&entry, method, headers))
+    }
+
+    /// [`Cache::answer`], but only when that is the final answer, so that
+    /// it can skip the router and its layers: every answer but one whose
+    /// client takes gzip that the entry has no gzipped copy of (the
+    /// compression layer decides on those).
+    pub fn final_answer(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Response> {
+        let entry = self.fresh_entry(method, path, headers)?;
+        if entry.gzipped.is_none() && accepts_gzip(headers) {
+            return None;
+        }
+        Some(respond(&entry, method, headers))
+    }
+
+    /// The entry for `path`, if the request can be answered from memory and
+    /// the file on disk is still the one read (one `stat`).
+    fn fresh_entry(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Arc<Entry>> {
         if !cacheable_request(method, headers) {
             return None;
         }
@@ -78,7 +102,7 @@ impl Cache {
             self.entries.write().ok()?.remove(path);
             return None;
         }
-        Some(respond(&entry, method, headers))
+        Some(entry)
     }
 
     /// Reads `real` (the checked canonical file for `path`, with its
@@ -208,5 +232,8 @@ fn respond(entry: &Entry, method: &Method, headers: &HeaderMap) -> Response {
     if entry.gzipped.is_some() {
         h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
+    // What the router's layer sets on every answer it lets through (a
+    // [`Cache::final_answer`] skips the router).
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }

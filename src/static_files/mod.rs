@@ -12,7 +12,9 @@
 //!   out of the directory is not followed.
 //!
 //! Plain `GET`s and `HEAD`s of small files are answered from memory after
-//! the first (`cache.rs`), with one `stat` per request to notice changes.
+//! the first (`cache.rs`), with one `stat` per request to notice changes,
+//! and with the same headers, before the router and its layers (the
+//! request [`Envelope`](crate::http::Envelope)'s shortcut).
 //!
 //! Validators: a weak `ETag` from the file's size and modification time
 //! (cheap: the containment check has the metadata already), with `304` on a
@@ -63,12 +65,13 @@ pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<Router> {
     );
     let not_found = || async { (StatusCode::NOT_FOUND, "404 Not Found\n") };
     let serve_dir = ServeDir::new(&canonical).not_found_service(axum::routing::any(not_found));
+    let cache = cache::Cache::default();
     let router = Router::new()
         .fallback_service(serve_dir)
         .layer(middleware::from_fn_with_state(
             Root {
                 dir: canonical.into(),
-                cache: cache::Cache::default(),
+                cache: cache.clone(),
             },
             contain_and_validate,
         ))
@@ -77,11 +80,13 @@ pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<Router> {
             HeaderValue::from_static("no-cache"),
         ));
     // Outside the containment check, so its 404s and 304s carry them too.
-    Ok(router
-        .layer(CompressionLayer::new())
-        .layer(crate::http::Envelope::new(headers::security_headers(
-            api_origins,
-        ))))
+    // A file already in memory is answered before any of it, with the
+    // same headers (see `cache::Cache::answer`).
+    let envelope = crate::http::Envelope::new(headers::security_headers(api_origins))
+        .with_shortcut(move |request| {
+            cache.final_answer(request.method(), request.uri().path(), request.headers())
+        });
+    Ok(router.layer(CompressionLayer::new()).layer(envelope))
 }
 
 /// The file a request path names inside `root`, if it stays inside it.

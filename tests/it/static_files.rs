@@ -275,8 +275,22 @@ fn files_served_from_memory_follow_changes_on_disk_and_gzip_on_request() {
     // Twice: from disk, then from memory; the same bytes and validators.
     let first = get(false);
     let etag = first.headers()["etag"].clone();
+    let headers = |response: &reqwest::blocking::Response| {
+        let mut headers: Vec<String> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != "date")
+            .map(|(name, value)| format!("{name}: {value:?}"))
+            .collect();
+        headers.sort();
+        headers
+    };
+    let first_headers = headers(&first);
     assert_eq!(first.text().unwrap(), "body { margin: 0; }\n".repeat(50));
     let second = get(false);
+    // The answer from memory skips the router: it must say all the same.
+    assert_eq!(headers(&second), first_headers);
+    assert!(first_headers.contains(&"cache-control: \"no-cache\"".to_string()));
     assert_eq!(second.headers()["etag"], etag);
     assert_eq!(second.headers()["content-type"], "text/css");
     assert_eq!(second.text().unwrap(), "body { margin: 0; }\n".repeat(50));
