@@ -11,9 +11,12 @@ In one run, on free ports, everything started fresh in a temporary directory:
               postgres://..., a fresh PostgreSQL database made for the run)
   ceilings    nginx answering the same bytes itself (`return 200`, or a
               static file for the 1,000-row body), and nginx in front of
-              `examples/trivial_upstream` (fixed bytes, any method), with the
-              proxy settings of the stack's own generated nginx.conf, plus
-              that trivial upstream measured straight
+              `examples/trivial_upstream`s (fixed bytes, any method) with the
+              stack's own generated nginx.conf: the same directives, the same
+              upstream blocks with one trivial upstream for each of their
+              servers (3 API workers, their backups, the static server), the
+              same access log (sent to a port the bench holds and never
+              reads); plus one trivial upstream measured straight
 
 Each case is `wrk -t2 -cC -dDs --latency`, run beside its ceiling so the two
 see the same machine load. The POST case checks, row by row, that every
@@ -44,8 +47,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 POST_BODY = b'{"title":"bench","alt_text":"","url":"/images/cat.svg"}'
 BIG_ROWS = 1000
-# Which trivial upstream stands in for each upstream block of the stack's
-# nginx.conf when the proxy ceiling is derived from it.
+# Which bytes the trivial upstreams standing in for each upstream block of
+# the stack's nginx.conf answer, when the proxy ceiling is derived from it
+# (one trivial upstream per server of the block).
 UPSTREAM_STAND_INS = {"gallery_api": "json", "gallery_api_writes": "post", "gallery_static": "page"}
 
 
@@ -439,34 +443,58 @@ def nginx_quote(text):
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def ceiling_config(stack_conf, ports, alone_dir, bodies):
+def upstream_servers(stack_conf):
+    """The servers of each upstream block of the stack's nginx.conf:
+    {block: [port, ...]}, each port once, in order."""
+    servers = {}
+    for match in re.finditer(r"^\s*upstream\s+(\w+)\s*\{([^}]*)\}", stack_conf, flags=re.M):
+        name, inner = match.group(1), match.group(2)
+        if name not in UPSTREAM_STAND_INS:
+            raise BenchError(f"the stack's nginx.conf has an upstream {name!r} the bench "
+                             "cannot stand in for (update UPSTREAM_STAND_INS in bench/bench.py)")
+        ports = []
+        for port in re.findall(r"^\s*server\s+[^\s;]*:(\d+)", inner, flags=re.M):
+            if int(port) not in ports:
+                ports.append(int(port))
+        servers[name] = ports
+    if not servers:
+        raise BenchError("no upstream block in the stack's nginx.conf")
+    return servers
+
+
+def ceiling_config(stack_conf, ports, stand_ins, access_log_sink, alone_dir, bodies):
     """The stack's own nginx.conf, turned into the ceilings' config.
 
     The proxy server keeps every directive the stack's nginx runs with (proxy
-    settings, keepalive, the POST upstream without keepalive, gzip, buffers);
-    only the upstreams' servers become the trivial upstreams, the access log
-    is off and the listen port is ours. A second server answers the same
-    bytes as the stack from nginx itself.
+    settings, keepalive, the upstreams' servers with their backups and
+    failure settings, the POST upstream without keepalive, gzip, buffers,
+    the access log); only each upstream server becomes a trivial upstream of
+    its own (`stand_ins`: {(block, port): trivial port}), the access log's
+    datagrams go to `access_log_sink` (a port the bench holds and never
+    reads, so nginx pays for sending them and nothing else does) and the
+    listen port is ours. A second server answers the same bytes as the
+    stack from nginx itself.
     """
     text = stack_conf
 
     def upstream(match):
         name, inner = match.group(1), match.group(2)
-        if name not in UPSTREAM_STAND_INS:
-            raise BenchError(f"the stack's nginx.conf has an upstream {name!r} the bench "
-                             "cannot stand in for (update UPSTREAM_STAND_INS in bench/bench.py)")
-        port = ports[UPSTREAM_STAND_INS[name]]
-        kept = [line for line in inner.splitlines()
-                if line.strip() and not line.strip().startswith("server ")]
-        return ("\n    upstream %s {\n        server 127.0.0.1:%d;\n%s\n    }"
-                % (name, port, "\n".join(kept)))
+
+        def server(line):
+            return re.sub(r"^(\s*server\s+)[^\s;]*:(\d+)",
+                          lambda m: "%s127.0.0.1:%d" % (m.group(1), stand_ins[(name, int(m.group(2)))]),
+                          line)
+
+        lines = [server(line) for line in inner.splitlines() if line.strip()]
+        return "\n    upstream %s {\n%s\n    }" % (name, "\n".join(lines))
 
     text, count = re.subn(r"^\s*upstream\s+(\w+)\s*\{([^}]*)\}", upstream, text, flags=re.M)
     if count == 0:
         raise BenchError("no upstream block in the stack's nginx.conf")
-    text, count = re.subn(r"^(\s*)access_log\s[^;]*;", r"\1access_log off;", text, flags=re.M)
+    text, count = re.subn(r"(access_log\s+syslog:server=)[^,\s;]+",
+                          r"\g<1>127.0.0.1:%d" % access_log_sink, text, flags=re.M)
     if count == 0:
-        text = text.replace("http {", "http {\n    access_log off;", 1)
+        raise BenchError("the stack's nginx.conf has no syslog access log to keep")
     # The supervisor's stub_status server (a unix socket) has no place here.
     text = re.sub(r"^\s*server\s*\{\s*listen unix:[^;]*;.*?^    \}\n", "", text,
                   flags=re.M | re.S)
@@ -555,14 +583,14 @@ def start_lone_worker(processes, work, database, counting):
     return proc, port()
 
 
-def start_ceiling_nginx(processes, nginx, work, stack_conf, upstream_ports, bodies):
+def start_ceiling_nginx(processes, nginx, work, stack_conf, stand_ins, access_log_sink, bodies):
     prefix = os.path.join(work, "ceiling")
     alone_dir = os.path.join(work, "alone")
     os.makedirs(os.path.join(alone_dir, "api"), exist_ok=True)
     os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
     for attempt in range(3):
-        ports = dict(upstream_ports, proxy=free_port(), alone=free_port())
-        config = ceiling_config(stack_conf, ports, alone_dir, bodies)
+        ports = dict(proxy=free_port(), alone=free_port())
+        config = ceiling_config(stack_conf, ports, stand_ins, access_log_sink, alone_dir, bodies)
         with open(os.path.join(prefix, "nginx.conf"), "w") as f:
             f.write(config)
         log = open(os.path.join(prefix, "nginx.log"), "w")
@@ -696,14 +724,24 @@ def run(args):
         post_type, post_answer = fetch_ok("POST", front + "/api/images.json", POST_BODY,
                                           {"Content-Type": "application/json"})
 
-        trivial = {}
-        for name, body, content_type in (("page", page, page_type), ("json", json3, json_type),
-                                         ("post", post_answer, post_type)):
-            trivial[name] = start_trivial_upstream(processes, work, name, body, content_type)
+        # One trivial upstream for each server of each upstream block, so
+        # the ceiling's nginx spreads its requests as the stack's does.
         with open(os.path.join(stack.run_dir, "nginx.conf")) as f:
             stack_conf = f.read()
+        answers = {"page": (page, page_type), "json": (json3, json_type),
+                   "post": (post_answer, post_type)}
+        trivial, stand_ins = {}, {}
+        for block, upstream_ports in upstream_servers(stack_conf).items():
+            kind = UPSTREAM_STAND_INS[block]
+            for k, upstream_port in enumerate(upstream_ports):
+                name = f"{kind}-{k + 1}"
+                trivial[name] = start_trivial_upstream(processes, work, name, *answers[kind])
+                stand_ins[(block, upstream_port)] = trivial[name][1]
+        # nginx's access log datagrams: sent, queued, never read.
+        access_log_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        access_log_sink.bind(("127.0.0.1", 0))
         ceiling, ports, alone_dir = start_ceiling_nginx(
-            processes, nginx, work, stack_conf, {k: v[1] for k, v in trivial.items()},
+            processes, nginx, work, stack_conf, stand_ins, access_log_sink.getsockname()[1],
             {"/": (page_type, page), "/api/images.json": (json_type, json3)})
         proxy = f"http://127.0.0.1:{ports['proxy']}"
         alone = f"http://127.0.0.1:{ports['alone']}"
@@ -731,14 +769,14 @@ def run(args):
 
         # Each case beside its ceilings, so that they share the machine's mood.
         measure("1", "GET / via nginx", front + "/", "stack", body_bytes=len(page))
-        measure("P1", "nginx -> trivial upstream, GET /", proxy + "/", "ceiling", body_bytes=len(page))
+        measure("P1", "nginx -> trivial upstreams, GET /", proxy + "/", "ceiling", body_bytes=len(page))
         measure("N1", "nginx alone, the page's bytes", alone + "/", "ceiling", body_bytes=len(page))
         measure("2", "GET / straight to static-server", static + "/", "stack", body_bytes=len(page))
         measure("T2", "trivial upstream straight, the page's bytes",
-                f"http://127.0.0.1:{trivial['page'][1]}/", "ceiling", body_bytes=len(page))
+                f"http://127.0.0.1:{trivial['page-1'][1]}/", "ceiling", body_bytes=len(page))
         measure("3", "GET /api/images.json (3 rows) via nginx", front + "/api/images.json",
                 "stack", body_bytes=len(json3))
-        measure("P3", "nginx -> trivial upstream, GET /api/images.json",
+        measure("P3", "nginx -> trivial upstreams, GET /api/images.json",
                 proxy + "/api/images.json", "ceiling", body_bytes=len(json3))
         measure("N3", "nginx alone, the 3-row JSON", alone + "/api/images.json", "ceiling",
                 body_bytes=len(json3))
@@ -763,7 +801,7 @@ def run(args):
                     cases.append(result)
                     by_id[case_id] = result
         measure("T4", "trivial upstream straight, the 3-row JSON",
-                f"http://127.0.0.1:{trivial['json'][1]}/images.json", "ceiling",
+                f"http://127.0.0.1:{trivial['json-1'][1]}/images.json", "ceiling",
                 body_bytes=len(json3))
 
         script = os.path.join(ROOT, "bench", "post.lua")
@@ -776,7 +814,7 @@ def run(args):
                             rows_before)
         results["post_check"] = check
         problems += [f"5 POST: {p}" for p in check["problems"]]
-        measure("P5", "nginx -> trivial upstream, POST", proxy + "/api/images.json", "ceiling",
+        measure("P5", "nginx -> trivial upstreams, POST", proxy + "/api/images.json", "ceiling",
                 script, {"BENCH_RUN": run_id, "BENCH_ACKED": os.path.join(work, "acked-ceiling.txt")},
                 body_bytes=len(post_answer))
 
@@ -843,12 +881,12 @@ def run(args):
 
 # What each stack case is judged against (issue 9's "Done when").
 CEILINGS = [
-    ("1", "P1", "GET / via nginx vs nginx -> trivial upstream"),
-    ("3", "P3", "GET /api/images.json via nginx vs nginx -> trivial upstream"),
+    ("1", "P1", "GET / via nginx vs nginx -> trivial upstreams"),
+    ("3", "P3", "GET /api/images.json via nginx vs nginx -> trivial upstreams"),
     ("4", "T4", "one worker straight vs the trivial upstream straight"),
     ("4c", "4u", "a lone worker counting requests (metrics on) vs not (off)"),
     ("2", "T2", "static-server straight vs the trivial upstream straight"),
-    ("5", "P5", "POST via nginx vs nginx -> trivial upstream, POST"),
+    ("5", "P5", "POST via nginx vs nginx -> trivial upstreams, POST"),
     ("6", "N6", f"{BIG_ROWS:,}-row GET via nginx vs nginx alone, same bytes"),
 ]
 # And, for the GETs through nginx, against nginx answering the bytes itself.

@@ -26,12 +26,15 @@ const QUEUE_LINES: usize = 10_000;
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
 enum Message {
+    /// One line or more, each ending in a newline.
     Line(String),
     Flush(SyncSender<()>),
 }
 
 struct Sink {
     queue: SyncSender<Message>,
+    /// Lines queued and not yet written: a batch counts all of its lines.
+    queued: AtomicU64,
     dropped: AtomicU64,
 }
 
@@ -48,6 +51,7 @@ fn sink() -> &'static Sink {
         *WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Sink {
             queue,
+            queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
     })
@@ -60,6 +64,9 @@ fn write_lines(lines: Receiver<Message>) {
             Message::Line(text) => {
                 let mut out = stdout.lock();
                 let _ = out.write_all(text.as_bytes());
+                if let Some(sink) = SINK.get() {
+                    sink.queued.fetch_sub(newlines(&text), Ordering::Relaxed);
+                }
                 let dropped = SINK
                     .get()
                     .map_or(0, |s| s.dropped.swap(0, Ordering::Relaxed));
@@ -79,14 +86,40 @@ fn write_lines(lines: Receiver<Message>) {
     }
 }
 
+fn newlines(text: &str) -> u64 {
+    text.bytes().filter(|&b| b == b'\n').count() as u64
+}
+
 /// Queues one line with a name prefix; drops it (counted) if stdout is stalled.
 pub fn line(name: &str, text: &str) {
-    let sink = sink();
-    let formatted = format!("{name:<NAME_WIDTH$} | {text}\n");
-    match sink.queue.try_send(Message::Line(formatted)) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            sink.dropped.fetch_add(1, Ordering::Relaxed);
+    sink().send(format!("{name:<NAME_WIDTH$} | {text}\n"));
+}
+
+/// Queues `texts` as lines under one `name`, written together (one write
+/// for all); all dropped (and counted) if stdout is stalled.
+pub fn lines(name: &str, texts: &[String]) {
+    if texts.is_empty() {
+        return;
+    }
+    let mut formatted = String::with_capacity(texts.iter().map(|t| t.len() + 16).sum());
+    for text in texts {
+        use std::fmt::Write as _;
+        let _ = writeln!(formatted, "{name:<NAME_WIDTH$} | {text}");
+    }
+    sink().send(formatted);
+}
+
+impl Sink {
+    /// Queues formatted lines, unless that would hold more than
+    /// [`QUEUE_LINES`]: then they are dropped and counted.
+    fn send(&self, formatted: String) {
+        let count = newlines(&formatted);
+        let queued = self.queued.fetch_add(count, Ordering::Relaxed);
+        let sent = queued + count <= QUEUE_LINES as u64
+            && self.queue.try_send(Message::Line(formatted)).is_ok();
+        if !sent {
+            self.queued.fetch_sub(count, Ordering::Relaxed);
+            self.dropped.fetch_add(count, Ordering::Relaxed);
         }
     }
 }
@@ -139,6 +172,27 @@ async fn read_lines(stream: impl AsyncRead + Unpin, mut each: impl FnMut(String)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_output_holds_at_most_its_lines_however_they_are_batched() {
+        // A sink whose writer never writes: stdout stalled.
+        let (queue, _unread) = sync_channel(QUEUE_LINES);
+        let sink = Sink {
+            queue,
+            queued: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        };
+        let batch = |lines: usize| "nginx      | GET / 200\n".repeat(lines);
+        sink.send(batch(QUEUE_LINES - 1000));
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 0);
+        // One batch past the bound is dropped whole, and each line counted.
+        sink.send(batch(1001));
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1001);
+        sink.send(batch(1000));
+        sink.send(batch(1));
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1002);
+        assert_eq!(sink.queued.load(Ordering::Relaxed), QUEUE_LINES as u64);
+    }
 
     async fn lines_of(input: &[u8]) -> Vec<String> {
         let mut seen = Vec::new();
