@@ -73,6 +73,11 @@ pub struct ApiServerArgs {
     /// surviving a crash of any process but not a power loss.
     #[arg(long, value_enum, default_value_t = Synchronous::Full, value_name = "MODE")]
     pub synchronous: Synchronous,
+    /// Threads serving requests: 0 is one per CPU core; 1 serves
+    /// everything on one thread. The supervisor gives each server its share
+    /// of the cores (one thread each when there are more servers than cores).
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub threads: u16,
     /// Log each request at debug level, not info: behind nginx, whose access
     /// line says the same and names the worker (the supervisor and the
     /// Procfile pass this). Server errors (5xx) are always logged.
@@ -112,6 +117,8 @@ impl ApiServerArgs {
             self.name.clone().into(),
             "--busy-timeout-ms".into(),
             self.busy_timeout_ms.to_string().into(),
+            "--threads".into(),
+            self.threads.to_string().into(),
         ]);
         for origin in &self.cors_origin {
             args.extend(["--cors-origin".into(), origin.into()]);
@@ -174,6 +181,11 @@ pub struct StaticServerArgs {
     /// Content-Security-Policy refuses every other origin.
     #[arg(long = "api-origin", value_name = "ORIGIN")]
     pub api_origin: Vec<Origin>,
+    /// Threads serving requests: 0 is one per CPU core; 1 serves
+    /// everything on one thread. The supervisor gives each server its share
+    /// of the cores (one thread each when there are more servers than cores).
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub threads: u16,
     /// Log each request at debug level, not info: behind nginx, whose access
     /// line says the same (the supervisor and the Procfile pass this).
     /// Server errors (5xx) are always logged.
@@ -191,6 +203,8 @@ impl StaticServerArgs {
             self.bind.to_string().into(),
             "--assets".into(),
             self.path.clone().into(),
+            "--threads".into(),
+            self.threads.to_string().into(),
         ];
         for origin in &self.api_origin {
             args.extend(["--api-origin".into(), origin.to_string().into()]);
@@ -668,6 +682,7 @@ mod tests {
             busy_timeout_ms: 1234,
             existing_database: true,
             quiet_requests: true,
+            threads: 3,
             synchronous: Synchronous::Normal,
             no_request_stats: true,
         };
@@ -717,6 +732,7 @@ mod tests {
                 "https://api.example.com".parse().unwrap(),
             ],
             quiet_requests: true,
+            threads: 1,
         };
         let mut argv = vec![OsString::from("static-server")];
         argv.extend(args.to_args());

@@ -266,7 +266,11 @@ pub fn raise_open_file_limit() -> u64 {
     }
 }
 
-/// Serves `app` on `listener` on a fresh runtime until a stop signal.
+/// Serves `app` on `listener` until a stop signal, on a fresh runtime of
+/// `threads` threads (0: one per core). One thread is a current-thread
+/// runtime: nothing is handed between threads, which on a machine with
+/// more busy processes than cores is the cheaper way (each wake-up of a
+/// second thread is a context switch the cores pay for).
 ///
 /// The accept loop is our own rather than `axum::serve`: at a graceful stop
 /// axum's connections, still detecting HTTP/1 or HTTP/2, drop a connection
@@ -276,10 +280,20 @@ pub fn raise_open_file_limit() -> u64 {
 /// closed, and one whose first request is on its way is answered first.
 /// Connections not yet accepted stay queued on the socket for whichever
 /// process accepts next (the supervisor's next generation).
-pub fn serve(listener: std::net::TcpListener, app: Router, name: &str) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+pub fn serve(
+    listener: std::net::TcpListener,
+    app: Router,
+    name: &str,
+    threads: u16,
+) -> anyhow::Result<()> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads.into());
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -247,7 +247,7 @@ pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
     if !args.no_request_stats {
         stats::count_into(state.stats.clone());
     }
-    crate::http::serve(listener, router(state, cors), &args.name)
+    crate::http::serve(listener, router(state, cors), &args.name, args.threads)
 }
 
 #[cfg(test)]

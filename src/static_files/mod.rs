@@ -178,7 +178,7 @@ async fn contain_and_validate(State(root): State<Root>, request: Request, next: 
 pub fn run(args: StaticServerArgs) -> anyhow::Result<()> {
     let app = router(&args.path, &args.api_origin)?;
     let listener = crate::listen::listener(args.bind, args.port)?;
-    crate::http::serve(listener, app, "static")
+    crate::http::serve(listener, app, "static", args.threads)
 }
 
 #[cfg(test)]

@@ -378,6 +378,7 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
             server_user,
             bind: plan.bind,
             cors_origins: plan.cors_origins.clone(),
+            server_threads: stack::server_threads(plan.api_ports.len()),
         },
         watchdog: stack::Watchdog {
             interval: args.health_interval,

@@ -494,3 +494,66 @@ fn posts_through_kills_are_never_lost_once_acknowledged_and_never_replayed(backe
         refused.len()
     );
 }
+
+/// The threads of process `pid` that serve requests: tokio's runtime
+/// workers (a current-thread runtime serves on its main thread and has
+/// none). Its blocking pool's threads bear the same name, so this counts
+/// right only in a process that has used none yet: a static server that has
+/// answered files from memory.
+fn runtime_threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[test]
+fn the_servers_share_the_cores_between_them() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let stack = Supervisor::start(&["--api-workers", "3"]);
+    for path in ["/api/images.json", "/"] {
+        let response = client().get(stack.url(path)).send().unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    // The static server and three workers: the cores shared out, at least
+    // one thread each.
+    let share = (cores / 4).max(1);
+    for name in ["static", "api-1", "api-2", "api-3"] {
+        let pid = stack.pid_of(name).unwrap();
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let argv: Vec<&[u8]> = argv.split(|&b| b == 0).collect();
+        let threads = argv
+            .iter()
+            .position(|a| *a == b"--threads")
+            .map(|i| argv[i + 1]);
+        assert_eq!(
+            threads,
+            Some(share.to_string().as_bytes()),
+            "{name} on {cores} cores"
+        );
+    }
+    // One thread is a current-thread runtime: no runtime worker threads.
+    let expected = if share == 1 { 0 } else { share };
+    assert_eq!(runtime_threads(stack.pid_of("static").unwrap()), expected);
+    // Alone, a server takes what it is told; by default one per core.
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    for (threads, expected) in [("1", 0), ("2", 2), ("0", cores)] {
+        let mut command = std::process::Command::new(crate::helpers::bin("static-server"));
+        command
+            .args(["--port", "0", "--threads", threads])
+            .arg("--assets")
+            .arg(&assets);
+        let mut server = crate::helpers::Proc::spawn("static", command);
+        let port = server.wait_for_port();
+        for _ in 0..2 {
+            let url = format!("http://127.0.0.1:{port}/");
+            assert_eq!(client().get(url).send().unwrap().status(), 200);
+        }
+        assert_eq!(
+            runtime_threads(server.pid()),
+            expected,
+            "--threads {threads}"
+        );
+    }
+}
