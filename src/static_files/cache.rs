@@ -4,10 +4,13 @@
 //! A site's assets are a few small files read on every page view; reading
 //! them through `ServeDir` costs a canonicalisation, an open, a blocking-pool
 //! hop and a read per request. Here a plain `GET`/`HEAD` (no `Range`) of a
-//! file up to [`MAX_CACHED`] is answered from memory after one `stat` of its
-//! canonical path: a changed size, modification time or inode (a deploy
-//! that rewrote the file) drops the entry and the next request reads the
-//! file again. The canonical path holds no symlinks and was checked to lie
+//! file up to [`MAX_CACHED`] is answered from memory. Its canonical path is
+//! checked with a `stat` at most every [`CHECK_INTERVAL`]: a changed size,
+//! modification time or inode (a deploy that rewrote the file) drops the
+//! entry and the next request reads the file again. So a change on disk is
+//! served within that interval (nginx's own `open_file_cache_valid` is a
+//! minute by default); a `stat` per request was a tenth of the server's
+//! time on a small file. The canonical path holds no symlinks and was checked to lie
 //! inside the root when the entry was made, so a cached entry never serves
 //! anything outside it. Anything else (ranges, other methods, big files)
 //! goes to `ServeDir` as before.
@@ -52,6 +55,8 @@ impl Stamp {
 struct Entry {
     real: PathBuf,
     stamp: Stamp,
+    /// When the file last matched `stamp`, in ms since the cache's epoch.
+    checked_ms: std::sync::atomic::AtomicU64,
     body: Bytes,
     gzipped: Option<Bytes>,
     content_type: HeaderValue,
@@ -60,10 +65,24 @@ struct Entry {
     modified: std::time::SystemTime,
 }
 
+/// How long an entry is served without looking at its file again.
+pub const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The cache, shared by every request of one server.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Cache {
     entries: Arc<RwLock<HashMap<String, Arc<Entry>>>>,
+    /// The time base of [`Entry::checked_ms`].
+    epoch: std::time::Instant,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            entries: Arc::default(),
+            epoch: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Cache {
@@ -97,12 +116,24 @@ impl Cache {
             return None;
         }
         let entry = self.entries.read().ok()?.get(path).cloned()?;
+        let now = self.now_ms();
+        let checked = entry.checked_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(checked) < CHECK_INTERVAL.as_millis() as u64 {
+            return Some(entry);
+        }
         let fresh = std::fs::metadata(&entry.real).is_ok_and(|m| Stamp::of(&m) == entry.stamp);
         if !fresh {
             self.entries.write().ok()?.remove(path);
             return None;
         }
+        entry
+            .checked_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         Some(entry)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Reads `real` (the checked canonical file for `path`, with its
@@ -132,6 +163,7 @@ impl Cache {
         let entry = Arc::new(Entry {
             real: real.to_path_buf(),
             stamp: Stamp::of(metadata),
+            checked_ms: self.now_ms().into(),
             gzipped: compressible(mime.essence_str())
                 .then(|| gzip(&body))
                 .flatten(),
