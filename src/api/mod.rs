@@ -124,11 +124,17 @@ pub fn router(state: ApiState, cors: CorsPolicy) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(Arc::new(state))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("handler panicked".into()).into_response()
-        }))
-        .layer(cors)
+        // One `layer` call for the three: each call wraps every route in a
+        // boxed service of its own, cloned and allocated per request.
+        .layer(tower_layer::Stack::new(
+            tower_layer::Stack::new(
+                DefaultBodyLimit::max(MAX_BODY_BYTES),
+                CatchPanicLayer::custom(|_| {
+                    ApiError::Internal("handler panicked".into()).into_response()
+                }),
+            ),
+            cors,
+        ))
         .layer(crate::http::Envelope::new([(WORKER_HEADER, worker_value)]))
 }
 
