@@ -16,7 +16,9 @@ In one run, on free ports, everything started fresh in a temporary directory:
               upstream blocks with one trivial upstream for each of their
               servers (3 API workers, their backups, the static server), the
               same access log (sent to a port the bench holds and never
-              reads); plus one trivial upstream measured straight
+              reads), each trivial upstream on the threads the supervisor
+              gave the server it stands for; plus one trivial upstream
+              measured straight
 
 Each case is `wrk -t2 -cC -dDs --latency`, run beside its ceiling so the two
 see the same machine load. The POST case checks, row by row, that every
@@ -291,6 +293,14 @@ class Stack:
     def port(self, name):
         return self.child(name)["port"]
 
+    def threads(self, name):
+        """The `--threads` the supervisor gave child `name` (0: none given)."""
+        with open(f"/proc/{self.child(name)['pid']}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if b"--threads" in argv:
+            return int(argv[argv.index(b"--threads") + 1])
+        return 0
+
 
 def sqlite_connect(path):
     db = sqlite3.connect(path, timeout=30)
@@ -541,7 +551,7 @@ def ceiling_config(stack_conf, ports, stand_ins, access_log_sink, alone_dir, bod
     return text[:end] + alone + "}\n"
 
 
-def start_trivial_upstream(processes, work, name, body, content_type):
+def start_trivial_upstream(processes, work, name, body, content_type, threads):
     body_file = os.path.join(work, f"trivial-{name}.body")
     with open(body_file, "wb") as f:
         f.write(body)
@@ -550,7 +560,7 @@ def start_trivial_upstream(processes, work, name, body, content_type):
     proc = processes.start(
         f"trivial_upstream ({name})",
         [os.path.join(RELEASE, "examples", "trivial_upstream"), "--port", "0",
-         "--body-file", body_file, "--content-type", content_type],
+         "--body-file", body_file, "--content-type", content_type, "--threads", str(threads)],
         stdout=out, stderr=subprocess.STDOUT)
 
     def port():
@@ -728,8 +738,15 @@ def run(args):
         # the ceiling's nginx spreads its requests as the stack's does.
         with open(os.path.join(stack.run_dir, "nginx.conf")) as f:
             stack_conf = f.read()
-        answers = {"page": (page, page_type), "json": (json3, json_type),
-                   "post": (post_answer, post_type)}
+        # Each runs on the threads the supervisor gave the server it stands
+        # in for (`--threads`), so both sides have the same runtime shape.
+        answers = {"page": (page, page_type, stack.threads("static")),
+                   "json": (json3, json_type, stack.threads("api-1")),
+                   "post": (post_answer, post_type, stack.threads("api-1"))}
+        results["config"]["server_threads"] = {"static": stack.threads("static"),
+                                               "api": stack.threads("api-1")}
+        say("the servers' --threads (0: one per core), given to their trivial stand-ins too: "
+            f"{results['config']['server_threads']}")
         trivial, stand_ins = {}, {}
         for block, upstream_ports in upstream_servers(stack_conf).items():
             kind = UPSTREAM_STAND_INS[block]

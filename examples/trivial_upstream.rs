@@ -4,11 +4,13 @@
 //! no logging, no middleware. What a real server costs beyond this is what
 //! the benchmark's ratios show.
 //!
-//! It runs like the gallery's servers do: hyper HTTP/1 with keep-alive on a
-//! multi-threaded tokio runtime (one thread per core) and `TCP_NODELAY`.
+//! It runs like the gallery's servers do: hyper HTTP/1 with keep-alive and
+//! `TCP_NODELAY` on a tokio runtime of `--threads` threads (0, the default:
+//! one per core; 1: a current-thread runtime), so the bench can give it the
+//! threads the supervisor gives the servers it stands in for.
 //!
 //!   cargo run --release --example trivial_upstream -- \
-//!       [--port N] [--body-file FILE] [--content-type TYPE]
+//!       [--port N] [--body-file FILE] [--content-type TYPE] [--threads N]
 //!
 //! `--port 0` (the default) takes a free port; the first line on stdout is
 //! `listening on http://127.0.0.1:PORT`. Without `--body-file` the body is the
@@ -34,6 +36,7 @@ const THREE_ROWS: &str = concat!(
 
 struct Args {
     port: u16,
+    threads: usize,
     body: Bytes,
     content_type: HeaderValue,
 }
@@ -41,6 +44,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         port: 0,
+        threads: 0,
         body: Bytes::from_static(THREE_ROWS.as_bytes()),
         content_type: HeaderValue::from_static("application/json"),
     };
@@ -54,6 +58,12 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--port: {text:?} is not a port (0..=65535)"))?;
             }
+            "--threads" => {
+                let text = value()?;
+                args.threads = text
+                    .parse()
+                    .map_err(|_| format!("--threads: {text:?} is not a number"))?;
+            }
             "--body-file" => {
                 let path = value()?;
                 let bytes = std::fs::read(&path).map_err(|e| format!("--body-file {path}: {e}"))?;
@@ -66,7 +76,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: trivial_upstream [--port N] [--body-file FILE] [--content-type TYPE]"
+                    "usage: trivial_upstream [--port N] [--body-file FILE] [--content-type TYPE] [--threads N]"
                 );
                 std::process::exit(0);
             }
@@ -87,9 +97,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if args.threads > 1 {
+        builder.worker_threads(args.threads);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
         let mut stdout = std::io::stdout();
