@@ -63,8 +63,9 @@ pub type Shortcut = dyn Fn(&Request) -> Option<Response> + Send + Sync;
 ///
 /// It is one hand-written service rather than a stack of `from_fn`
 /// middlewares and header layers: each of those boxes, clones and polls a
-/// future of its own per request, and on a cached answer that overhead was
-/// most of a worker's time (46 % more requests/s without it).
+/// future of its own per request. On the cached list, that stack of four
+/// middlewares and a header layer each held a worker to 38–50k requests/s
+/// where it did 60–67k without them.
 #[derive(Clone)]
 pub struct Envelope {
     headers: std::sync::Arc<[(axum::http::HeaderName, axum::http::HeaderValue)]>,
