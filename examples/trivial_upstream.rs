@@ -97,14 +97,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> std::io::Result<()> {
-    let mut builder = match args.threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if args.threads > 1 {
-        builder.worker_threads(args.threads);
-    }
-    let runtime = builder.enable_all().build()?;
+    let runtime = gallery::http::runtime(args.threads)?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
         let mut stdout = std::io::stdout();

@@ -144,22 +144,21 @@ where
         let uri = request.uri().clone();
         let probe = request.headers().contains_key(PROBE_HEADER);
         let envelope = self.envelope.clone();
-        let answered = envelope
-            .shortcut
-            .as_ref()
-            .and_then(|shortcut| shortcut(&request));
-        let inner = answered.is_none().then(|| {
-            // The inner service was made ready for this call; a clone takes
-            // its place for the next one.
-            let ready = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, ready);
-            inner.call(bound_body_time(request))
-        });
+        let shortcut = envelope.shortcut.as_ref();
+        let answer = match shortcut.and_then(|shortcut| shortcut(&request)) {
+            Some(response) => Answer::Ready(response),
+            None => {
+                // The inner service was made ready for this call; a clone
+                // takes its place for the next one.
+                let ready = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, ready);
+                Answer::Pending(inner.call(bound_body_time(request)))
+            }
+        };
         Box::pin(async move {
-            let mut response = match (answered, inner) {
-                (Some(response), _) => response,
-                (None, Some(inner)) => inner.await?,
-                (None, None) => unreachable!("one of the two is always set"),
+            let mut response = match answer {
+                Answer::Ready(response) => response,
+                Answer::Pending(future) => future.await?,
             };
             let took = started.elapsed();
             log_request(&method, uri.path(), probe, response.status().as_u16(), took);
@@ -176,6 +175,12 @@ where
             Ok(response)
         })
     }
+}
+
+/// An [`Envelope`]'s answer: from its shortcut, or to come from the service.
+enum Answer<F> {
+    Ready(Response),
+    Pending(F),
 }
 
 /// The request line of [`Envelope`].
@@ -287,14 +292,7 @@ pub fn serve(
     name: &str,
     threads: u16,
 ) -> anyhow::Result<()> {
-    let mut builder = match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if threads > 1 {
-        builder.worker_threads(threads.into());
-    }
-    let runtime = builder.enable_all().build()?;
+    let runtime = runtime(threads.into())?;
     runtime.block_on(async {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -351,6 +349,19 @@ pub fn serve(
         tracing::info!("{name} stopped");
         Ok(())
     })
+}
+
+/// A runtime of `threads` threads (0: one per core; 1: a current-thread
+/// runtime), as the servers run on (see [`serve`]).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
 }
 
 /// How long, at a stop, a connection that has sent nothing yet is given to

@@ -26,8 +26,11 @@ const QUEUE_LINES: usize = 10_000;
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
 enum Message {
-    /// One line or more, each ending in a newline.
-    Line(String),
+    /// `count` lines, each ending in a newline.
+    Lines {
+        text: String,
+        count: u64,
+    },
     Flush(SyncSender<()>),
 }
 
@@ -61,11 +64,11 @@ fn write_lines(lines: Receiver<Message>) {
     let stdout = std::io::stdout();
     for message in lines {
         match message {
-            Message::Line(text) => {
+            Message::Lines { text, count } => {
                 let mut out = stdout.lock();
                 let _ = out.write_all(text.as_bytes());
                 if let Some(sink) = SINK.get() {
-                    sink.queued.fetch_sub(newlines(&text), Ordering::Relaxed);
+                    sink.queued.fetch_sub(count, Ordering::Relaxed);
                 }
                 let dropped = SINK
                     .get()
@@ -84,10 +87,6 @@ fn write_lines(lines: Receiver<Message>) {
             }
         }
     }
-}
-
-fn newlines(text: &str) -> u64 {
-    text.bytes().filter(|&b| b == b'\n').count() as u64
 }
 
 /// Queues one line with a name prefix; drops it (counted) if stdout is stalled.
@@ -113,10 +112,16 @@ impl Sink {
     /// Queues formatted lines, unless that would hold more than
     /// [`QUEUE_LINES`]: then they are dropped and counted.
     fn send(&self, formatted: String) {
-        let count = newlines(&formatted);
+        let count = formatted.bytes().filter(|&b| b == b'\n').count() as u64;
         let queued = self.queued.fetch_add(count, Ordering::Relaxed);
         let sent = queued + count <= QUEUE_LINES as u64
-            && self.queue.try_send(Message::Line(formatted)).is_ok();
+            && self
+                .queue
+                .try_send(Message::Lines {
+                    text: formatted,
+                    count,
+                })
+                .is_ok();
         if !sent {
             self.queued.fetch_sub(count, Ordering::Relaxed);
             self.dropped.fetch_add(count, Ordering::Relaxed);

@@ -9,7 +9,7 @@
 //! opened on the static server without `?api=`, a form field to fix; and an
 //! image that cannot be loaded gives way to a placeholder.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::webdriver::Browser;
 use crate::helpers::{
-    ApiServer, Proc, StaticServer, assets_dir, bin, client, free_port, temp_db, wait_for,
-    wait_until,
+    ApiServer, Proc, Seen, StaticServer, assets_dir, bin, client, free_port, read_request, temp_db,
+    wait_for, wait_until,
 };
 
 fn titles(browser: &Browser) -> Vec<String> {
@@ -538,24 +538,6 @@ fn page_through_the_front_door_uses_its_own_origin_api() {
     assert_eq!(console_errors(&browser), Vec::<String>::new());
 }
 
-/// One request as [`FakeApi`] read it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// How [`FakeApi`] answers a request: a status and a JSON body, or hanging
 /// up without a word (a worker killed mid-request).
 enum Answer {
@@ -638,44 +620,8 @@ impl Drop for FakeApi {
 
 /// Reads one request from `stream` and answers it.
 fn serve_one(stream: TcpStream, seen: &Mutex<Vec<Seen>>, answer: &Answerer) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+    let Some(request) = read_request(&stream) else {
         return; // a connection opened ahead of need, or the stop call
-    }
-    let mut parts = line.split_whitespace();
-    let (method, target) = (
-        parts.next().unwrap_or_default().to_string(),
-        parts.next().unwrap_or_default().to_string(),
-    );
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_string(), value.trim().to_string()));
-        }
-    }
-    let request = Seen {
-        method,
-        target,
-        body: String::new(),
-        headers,
-    };
-    let length = request
-        .header("content-length")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    let request = Seen {
-        body: String::from_utf8_lossy(&body).into_owned(),
-        ..request
     };
     let cors = "Access-Control-Allow-Origin: *\r\nConnection: close\r\n";
     let response = if request.method == "OPTIONS" {

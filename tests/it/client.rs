@@ -14,7 +14,7 @@
 //!   a busy one and two live front doors, one of which dies before an add.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, ExitStatus};
@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::supervisor::{Supervisor, run_to_exit};
 use crate::helpers::webdriver::Browser;
-use crate::helpers::{free_port, heavy, wait_for, wait_until};
+use crate::helpers::{Seen, free_port, heavy, read_request, wait_for, wait_until};
 
 /// One `gallery-client` run, its streams kept apart.
 #[derive(Debug)]
@@ -185,59 +185,6 @@ fn kill_stack(stack: &mut Supervisor) {
         "the killed stack's front door to refuse connections",
         || refuses(port),
     );
-}
-
-/// One request as [`FakeDoor`] read it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads one HTTP/1.1 request (head and `Content-Length` body).
-fn read_request(stream: &TcpStream) -> Option<Seen> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let method = line.split_whitespace().next()?.to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_string(), value.trim().to_string()));
-        }
-    }
-    let mut seen = Seen {
-        method,
-        headers,
-        body: String::new(),
-    };
-    let length = seen
-        .header("content-length")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    seen.body = String::from_utf8_lossy(&body).into_owned();
-    Some(seen)
 }
 
 /// What a [`FakeDoor`] does with a request.

@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use self::http::{ORIGINAL_POST, client, get_json, post_form, raw_request};
+pub use self::http::{ORIGINAL_POST, Seen, client, get_json, post_form, raw_request, read_request};
 
 /// Path of one of the package's binaries, built by cargo for the tests.
 pub fn bin(name: &str) -> PathBuf {
