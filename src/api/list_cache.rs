@@ -96,6 +96,15 @@ impl Slot {
 }
 
 impl ListCache {
+    /// The unindented body, when it is known to be current without waiting
+    /// (SQLite: the WAL index says nothing changed since it was built);
+    /// `None` when it is stale, when telling would mean a round trip
+    /// (PostgreSQL), or on any error: [`ListCache::body`] then decides.
+    pub fn current_now(&self, store: &Store) -> Option<Bytes> {
+        let wanted = store.data_version_inline()?.ok()?;
+        self.slots[0].fresh(&wanted)
+    }
+
     /// The whole table as JSON with `indent`, current as of this call.
     pub async fn body(&self, store: &Store, indent: Indent) -> Result<Bytes> {
         // On SQLite inline, not on the blocking pool: a look at the WAL

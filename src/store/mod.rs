@@ -294,14 +294,22 @@ impl Store {
     /// hop to the blocking pool), on the blocking pool on PostgreSQL (a
     /// round trip to the server).
     pub async fn data_version_async(&self) -> Result<DataVersion, StoreError> {
+        if let Some(version) = self.data_version_inline() {
+            return version;
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.data_version())
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))?
+    }
+
+    /// [`Store::data_version`] where it is cheap enough to read on an async
+    /// thread (SQLite: a look at the WAL index); `None` where it is a round
+    /// trip (PostgreSQL).
+    pub fn data_version_inline(&self) -> Option<Result<DataVersion, StoreError>> {
         match &self.backend {
-            Backend::Sqlite(_) => self.data_version(),
-            Backend::Postgres(_) => {
-                let store = self.clone();
-                tokio::task::spawn_blocking(move || store.data_version())
-                    .await
-                    .map_err(|e| StoreError::Failed(e.to_string()))?
-            }
+            Backend::Sqlite(_) => Some(self.data_version()),
+            Backend::Postgres(_) => None,
         }
     }
 
