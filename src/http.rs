@@ -116,13 +116,19 @@ pub struct Enveloped<S> {
     envelope: Envelope,
 }
 
-impl<S> tower_service::Service<Request> for Enveloped<S>
+/// A router inside its [`Envelope`]: what [`serve`] serves. The envelope
+/// is outside the routing, so its shortcut skips that too.
+pub type App = Enveloped<Router>;
+
+impl<S, B> tower_service::Service<axum::http::Request<B>> for Enveloped<S>
 where
     S: tower_service::Service<Request, Response = Response, Error = std::convert::Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
 {
     type Response = Response;
     type Error = std::convert::Infallible;
@@ -137,8 +143,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         let started = Instant::now();
+        // hyper's body, boxed once (a `Body` is not boxed again).
+        let request = request.map(axum::body::Body::new);
         let method = request.method().clone();
         // The path is a slice of the URI, whose clone shares its bytes.
         let uri = request.uri().clone();
@@ -288,7 +296,7 @@ pub fn raise_open_file_limit() -> u64 {
 /// process accepts next (the supervisor's next generation).
 pub fn serve(
     listener: std::net::TcpListener,
-    app: Router,
+    app: App,
     name: &str,
     threads: u16,
 ) -> anyhow::Result<()> {
@@ -377,7 +385,7 @@ const FIRST_BYTES_WINDOW: std::time::Duration = std::time::Duration::from_secs(1
 /// byte yet gets [`FIRST_BYTES_WINDOW`] to do so before the shutdown.
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
-    app: Router,
+    app: App,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};

@@ -54,7 +54,7 @@ struct Root {
 
 /// The static-file service for `root`, which must exist, for a page that
 /// may call the API at its own origin and at `api_origins`.
-pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<Router> {
+pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<crate::http::App> {
     let canonical = root
         .canonicalize()
         .with_context(|| format!("assets directory {} does not exist", root.display()))?;
@@ -86,7 +86,8 @@ pub fn router(root: &Path, api_origins: &[Origin]) -> anyhow::Result<Router> {
         .with_shortcut(move |request| {
             cache.final_answer(request.method(), request.uri().path(), request.headers())
         });
-    Ok(router.layer(CompressionLayer::new()).layer(envelope))
+    let router = router.layer(CompressionLayer::new());
+    Ok(tower_layer::Layer::layer(&envelope, router))
 }
 
 /// The file a request path names inside `root`, if it stays inside it.
