@@ -4,7 +4,7 @@
 # which starts a fresh stack and its ceilings on free ports, measures them
 # side by side with wrk, prints the table and writes JSON.
 #
-#   bash bench/run.sh [--smoke] [--seconds N] [--connections N] [--json FILE] [--keep]
+#   bash bench/run.sh [--smoke] [--seconds N] [--rounds N] [--connections N] [--json FILE] [--keep]
 #                     [--database postgres://USER:PASS@HOST:PORT/DB]
 #
 # --smoke: 1 s per case and 5 connections, for CI. Exits non-zero when a case

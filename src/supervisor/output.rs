@@ -91,28 +91,51 @@ fn write_lines(lines: Receiver<Message>) {
 
 /// Queues one line with a name prefix; drops it (counted) if stdout is stalled.
 pub fn line(name: &str, text: &str) {
-    sink().send(format!("{name:<NAME_WIDTH$} | {text}\n"));
+    let mut batch = Batch::new(name);
+    batch.push(text);
+    batch.send();
 }
 
-/// Queues `texts` as lines under one `name`, written together (one write
-/// for all); all dropped (and counted) if stdout is stalled.
-pub fn lines(name: &str, texts: &[String]) {
-    if texts.is_empty() {
-        return;
+/// Lines under one name, formatted as they are pushed (no allocation per
+/// line) and queued together by [`Batch::send`]: one write for all.
+pub struct Batch {
+    prefix: String,
+    text: String,
+    count: u64,
+}
+
+impl Batch {
+    pub fn new(name: &str) -> Self {
+        Self {
+            prefix: format!("{name:<NAME_WIDTH$} | "),
+            text: String::new(),
+            count: 0,
+        }
     }
-    let mut formatted = String::with_capacity(texts.iter().map(|t| t.len() + 16).sum());
-    for text in texts {
-        use std::fmt::Write as _;
-        let _ = writeln!(formatted, "{name:<NAME_WIDTH$} | {text}");
+
+    /// Adds `text` as a line (or as several, if it holds newlines).
+    pub fn push(&mut self, text: &str) {
+        self.text.push_str(&self.prefix);
+        self.text.push_str(text);
+        self.text.push('\n');
+        self.count += 1 + text.bytes().filter(|&b| b == b'\n').count() as u64;
     }
-    sink().send(formatted);
+
+    /// Queues the lines pushed so far; all dropped (and counted) if stdout
+    /// is stalled. The batch is empty again afterwards.
+    pub fn send(&mut self) {
+        if self.count == 0 {
+            return;
+        }
+        let text = std::mem::take(&mut self.text);
+        sink().send(text, std::mem::take(&mut self.count));
+    }
 }
 
 impl Sink {
     /// Queues formatted lines, unless that would hold more than
     /// [`QUEUE_LINES`]: then they are dropped and counted.
-    fn send(&self, formatted: String) {
-        let count = formatted.bytes().filter(|&b| b == b'\n').count() as u64;
+    fn send(&self, formatted: String, count: u64) {
         let queued = self.queued.fetch_add(count, Ordering::Relaxed);
         let sent = queued + count <= QUEUE_LINES as u64
             && self
@@ -187,14 +210,22 @@ mod tests {
             queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         };
-        let batch = |lines: usize| "nginx      | GET / 200\n".repeat(lines);
-        sink.send(batch(QUEUE_LINES - 1000));
+        let batch = |lines: usize| {
+            let mut batch = Batch::new("nginx");
+            for _ in 0..lines {
+                batch.push("GET / 200");
+            }
+            assert_eq!(batch.count, lines as u64);
+            (batch.text, batch.count)
+        };
+        let send = |(text, count)| sink.send(text, count);
+        send(batch(QUEUE_LINES - 1000));
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 0);
         // One batch past the bound is dropped whole, and each line counted.
-        sink.send(batch(1001));
+        send(batch(1001));
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 1001);
-        sink.send(batch(1000));
-        sink.send(batch(1));
+        send(batch(1000));
+        send(batch(1));
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 1002);
         assert_eq!(sink.queued.load(Ordering::Relaxed), QUEUE_LINES as u64);
     }
@@ -203,6 +234,15 @@ mod tests {
         let mut seen = Vec::new();
         read_lines(input, |text| seen.push(text)).await;
         seen
+    }
+
+    #[test]
+    fn a_batch_counts_and_prefixes_every_line() {
+        let mut batch = Batch::new("nginx");
+        batch.push("one");
+        batch.push("two\nthree");
+        assert_eq!(batch.text, "nginx      | one\nnginx      | two\nthree\n");
+        assert_eq!(batch.count, 3);
     }
 
     #[tokio::test]

@@ -520,19 +520,23 @@ pub(super) fn collect_access_log() -> anyhow::Result<SocketAddr> {
         .name("access-log".into())
         .spawn(move || {
             let mut buffer = vec![0; 64 * 1024];
-            let mut lines = Vec::new();
+            let mut lines = output::Batch::new("nginx");
+            let add =
+                |lines: &mut output::Batch, datagram: &[u8]| match std::str::from_utf8(datagram) {
+                    Ok(text) => lines.push(syslog_message(text)),
+                    Err(_) => lines.push(syslog_message(&String::from_utf8_lossy(datagram))),
+                };
             // Wait for one datagram, then take every other one queued.
             while let Ok(length) = socket.recv(&mut buffer) {
-                lines.push(syslog_message(&buffer[..length]));
+                add(&mut lines, &buffer[..length]);
                 while let Ok(length) = nix::sys::socket::recv(
                     socket.as_raw_fd(),
                     &mut buffer,
                     nix::sys::socket::MsgFlags::MSG_DONTWAIT,
                 ) {
-                    lines.push(syslog_message(&buffer[..length]));
+                    add(&mut lines, &buffer[..length]);
                 }
-                output::lines("nginx", &lines);
-                lines.clear();
+                lines.send();
                 std::thread::sleep(ACCESS_LOG_PACE);
             }
         })?;
@@ -557,12 +561,11 @@ fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
 }
 
 /// The message of a syslog datagram (`<190>Dec  2 05:52:55 nginx: TEXT`).
-fn syslog_message(datagram: &[u8]) -> String {
-    let text = String::from_utf8_lossy(datagram);
-    let text = text.trim_end_matches('\n');
+fn syslog_message(datagram: &str) -> &str {
+    let text = datagram.trim_end_matches('\n');
     match text.strip_prefix('<').and_then(|_| text.split_once(": ")) {
-        Some((_, message)) => message.to_string(),
-        None => text.to_string(),
+        Some((_, message)) => message,
+        None => text,
     }
 }
 
@@ -763,9 +766,9 @@ mod tests {
     #[test]
     fn syslog_datagrams_are_reduced_to_their_message() {
         assert_eq!(
-            syslog_message(b"<190>Dec  2 05:52:55 nginx: 127.0.0.1 \"GET / HTTP/1.1\" 200"),
+            syslog_message("<190>Dec  2 05:52:55 nginx: 127.0.0.1 \"GET / HTTP/1.1\" 200"),
             "127.0.0.1 \"GET / HTTP/1.1\" 200"
         );
-        assert_eq!(syslog_message(b"plain: text\n"), "plain: text");
+        assert_eq!(syslog_message("plain: text\n"), "plain: text");
     }
 }
