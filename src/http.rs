@@ -59,7 +59,8 @@ pub type Shortcut = dyn Fn(&Request) -> Option<Response> + Send + Sync;
 /// - fixed response headers, set on every response (always
 ///   `X-Content-Type-Options: nosniff`, so browsers trust the declared
 ///   content types);
-/// - optionally a [`Shortcut`] answer, which skips the inner service.
+/// - optionally a [`Shortcut`] answer, which skips the inner service: the
+///   whole router, routing included, for the servers ([`App`]).
 ///
 /// It is one hand-written service rather than a stack of `from_fn`
 /// middlewares and header layers: each of those boxes, clones and polls a

@@ -8,7 +8,9 @@
 //! async workers.
 //!
 //! SPEC §13's extensions live beside the contract, each in its own module:
-//! the unpaged list is served from a per-worker cache (`list_cache.rs`),
+//! the unpaged list is served from a per-worker cache (`list_cache.rs`;
+//! a plain `GET` of it is answered before the router while the cached body
+//! is current, see `CachedListShortcut`),
 //! `?limit=N&after=ID` pages are rendered per request (at most
 //! [`MAX_PAGE_LIMIT`] rows, so bounded), `/health` uses its own database
 //! connection so it never queues behind list work, and a POST may carry an
