@@ -742,11 +742,11 @@ def run(args):
             stack_conf = f.read()
         # Each runs on the threads the supervisor gave the server it stands
         # in for (`--threads`), so both sides have the same runtime shape.
-        answers = {"page": (page, page_type, stack.threads("static")),
-                   "json": (json3, json_type, stack.threads("api-1")),
-                   "post": (post_answer, post_type, stack.threads("api-1"))}
-        results["config"]["server_threads"] = {"static": stack.threads("static"),
-                                               "api": stack.threads("api-1")}
+        threads = {"static": stack.threads("static"), "api": stack.threads("api-1")}
+        answers = {"page": (page, page_type, threads["static"]),
+                   "json": (json3, json_type, threads["api"]),
+                   "post": (post_answer, post_type, threads["api"])}
+        results["config"]["server_threads"] = threads
         say("the servers' --threads (0: one per core), given to their trivial stand-ins too: "
             f"{results['config']['server_threads']}")
         trivial, stand_ins = {}, {}
@@ -786,15 +786,17 @@ def run(args):
             by_id[case_id] = result
             return result
 
-        def measure_in_turn(group):
-            """GET cases measured in turn, `args.rounds` times over, each
+        def measure_in_turn(group, rounds_wanted=None):
+            """GET cases measured in turn, `args.rounds` times over (or
+            `rounds_wanted`), each
             keeping its best round: a case and its ceilings alternate, so a
             slow spell of the (shared, noisy) machine falls on both sides
             rather than on one of them. Every round's req/s is in the JSON."""
+            rounds_wanted = rounds_wanted or args.rounds
             rounds = {case[0]: [] for case in group}
-            for round_ in range(1, args.rounds + 1):
+            for round_ in range(1, rounds_wanted + 1):
                 for case_id, name, url, kind, body_bytes in group:
-                    say(f"{case_id}: {name} ({args.seconds} s, round {round_} of {args.rounds})")
+                    say(f"{case_id}: {name} ({args.seconds} s, round {round_} of {rounds_wanted})")
                     result = wrk.run(url, None, None)
                     result.update(id=case_id, name=name, url=url, kind=kind,
                                   body_bytes=body_bytes, method="GET")
@@ -836,20 +838,12 @@ def run(args):
         # measured in turn twice; each keeps its better round.
         _, counted_port = start_lone_worker(processes, work, stack.database.arg, True)
         _, uncounted_port = start_lone_worker(processes, work, stack.database.arg, False)
-        for round_ in (1, 2):
+        measure_in_turn([
+            (case_id, f"GET /images.json straight to a lone worker {what} (best of 2)",
+             f"http://127.0.0.1:{port_}/images.json", "metrics", len(json3))
             for case_id, port_, what in (("4c", counted_port, "counting requests"),
-                                         ("4u", uncounted_port, "not counting requests")):
-                result = wrk.run(f"http://127.0.0.1:{port_}/images.json", None, None)
-                say(f"{case_id} round {round_}: {result['rps']:.0f} req/s")
-                best = by_id.get(case_id)
-                if best is None or result["rps"] > best["rps"]:
-                    result.update(id=case_id, name=f"GET /images.json straight to a lone worker {what} (best of 2)",
-                                  url=f"http://127.0.0.1:{port_}/images.json", kind="metrics",
-                                  body_bytes=len(json3), method="GET")
-                    if best is not None:
-                        cases.remove(best)
-                    cases.append(result)
-                    by_id[case_id] = result
+                                         ("4u", uncounted_port, "not counting requests"))
+        ], rounds_wanted=2)
 
         script = os.path.join(ROOT, "bench", "post.lua")
         rows_before = stack.database.count_rows()

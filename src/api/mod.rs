@@ -343,10 +343,14 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    fn app() -> (tempfile::TempDir, crate::http::App) {
+    fn state() -> (tempfile::TempDir, ApiState) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("g.db"), &StoreOptions::default()).unwrap();
-        let state = ApiState::new(store, "api-test");
+        (dir, ApiState::new(store, "api-test"))
+    }
+
+    fn app() -> (tempfile::TempDir, crate::http::App) {
+        let (dir, state) = state();
         (dir, router(state, CorsPolicy::AnyOrigin))
     }
 
@@ -547,9 +551,7 @@ mod tests {
             CorsPolicy::AnyOrigin,
             CorsPolicy::Origins(vec![some_origin.clone()]),
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path().join("g.db"), &StoreOptions::default()).unwrap();
-            let state = ApiState::new(store, "api-test");
+            let (_dir, state) = state();
             // Shares the router's cache, so it answers when the router's own
             // shortcut does.
             let shortcut = CachedListShortcut::new(&state, &cors_layer(policy.clone()))

@@ -91,9 +91,12 @@ fn write_lines(lines: Receiver<Message>) {
 
 /// Queues one line with a name prefix; drops it (counted) if stdout is stalled.
 pub fn line(name: &str, text: &str) {
-    let mut batch = Batch::new(name);
-    batch.push(text);
-    batch.send();
+    sink().send(format!("{name:<NAME_WIDTH$} | {text}\n"), lines_in(text));
+}
+
+/// How many output lines `text` makes (it may hold newlines of its own).
+fn lines_in(text: &str) -> u64 {
+    1 + text.bytes().filter(|&b| b == b'\n').count() as u64
 }
 
 /// Lines under one name, formatted as they are pushed (no allocation per
@@ -118,7 +121,7 @@ impl Batch {
         self.text.push_str(&self.prefix);
         self.text.push_str(text);
         self.text.push('\n');
-        self.count += 1 + text.bytes().filter(|&b| b == b'\n').count() as u64;
+        self.count += lines_in(text);
     }
 
     /// Queues the lines pushed so far; all dropped (and counted) if stdout

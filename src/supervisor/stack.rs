@@ -521,20 +521,15 @@ pub(super) fn collect_access_log() -> anyhow::Result<SocketAddr> {
         .spawn(move || {
             let mut buffer = vec![0; 64 * 1024];
             let mut lines = output::Batch::new("nginx");
-            let add =
-                |lines: &mut output::Batch, datagram: &[u8]| match std::str::from_utf8(datagram) {
-                    Ok(text) => lines.push(syslog_message(text)),
-                    Err(_) => lines.push(syslog_message(&String::from_utf8_lossy(datagram))),
-                };
             // Wait for one datagram, then take every other one queued.
             while let Ok(length) = socket.recv(&mut buffer) {
-                add(&mut lines, &buffer[..length]);
+                lines.push(syslog_message(&String::from_utf8_lossy(&buffer[..length])));
                 while let Ok(length) = nix::sys::socket::recv(
                     socket.as_raw_fd(),
                     &mut buffer,
                     nix::sys::socket::MsgFlags::MSG_DONTWAIT,
                 ) {
-                    add(&mut lines, &buffer[..length]);
+                    lines.push(syslog_message(&String::from_utf8_lossy(&buffer[..length])));
                 }
                 lines.send();
                 std::thread::sleep(ACCESS_LOG_PACE);
