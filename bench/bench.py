@@ -47,7 +47,9 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+# Where the binaries are: the release build, or the debug build with
+# --debug-build (CI's smoke run, which checks that everything runs, not how fast).
+BINARIES = os.path.join(ROOT, "target", "release")
 POST_BODY = b'{"title":"bench","alt_text":"","url":"/images/cat.svg"}'
 BIG_ROWS = 1000
 # Which bytes the trivial upstreams standing in for each upstream block of
@@ -257,7 +259,7 @@ class Stack:
         self.state = None
 
     def start(self):
-        supervisor = os.path.join(RELEASE, "gallery-supervisor")
+        supervisor = os.path.join(BINARIES, "gallery-supervisor")
         argv = [supervisor, "--port", "0", "--static-port", "0", "--api-base-port", "0", "--admin-port", "0",
                 "--api-workers", "3", "--run-dir", self.run_dir, "--database", self.database.arg]
         self.log = open(self.log_path, "w")
@@ -281,7 +283,7 @@ class Stack:
 
     def status(self):
         out = subprocess.run(
-            [os.path.join(RELEASE, "gallery-supervisor"), "status", "--json", "--run-dir",
+            [os.path.join(BINARIES, "gallery-supervisor"), "status", "--json", "--run-dir",
              self.run_dir], check=True, capture_output=True, text=True).stdout
         return json.loads(out)
 
@@ -560,7 +562,7 @@ def start_trivial_upstream(processes, work, name, body, content_type, threads):
     out = open(out_path, "w")
     proc = processes.start(
         f"trivial_upstream ({name})",
-        [os.path.join(RELEASE, "examples", "trivial_upstream"), "--port", "0",
+        [os.path.join(BINARIES, "examples", "trivial_upstream"), "--port", "0",
          "--body-file", body_file, "--content-type", content_type, "--threads", str(threads)],
         stdout=out, stderr=subprocess.STDOUT)
 
@@ -579,7 +581,7 @@ def start_lone_worker(processes, work, database, counting):
     name = "api-counted" if counting else "api-uncounted"
     out_path = os.path.join(work, f"{name}.out")
     out = open(out_path, "w")
-    argv = [os.path.join(RELEASE, "api-server"), "--port", "0", "--database", database,
+    argv = [os.path.join(BINARIES, "api-server"), "--port", "0", "--database", database,
             "--name", name, "--existing-database", "--quiet-requests"]
     if not counting:
         argv.append("--no-request-stats")
@@ -691,8 +693,8 @@ def run(args):
         raise BenchError("needs nginx (apt-get install nginx)")
     for exe in ("gallery-supervisor", "api-server", "static-server",
                 os.path.join("examples", "trivial_upstream")):
-        if not os.access(os.path.join(RELEASE, exe), os.X_OK):
-            raise BenchError(f"no {RELEASE}/{exe}: run `bash bench/run.sh`, which builds it")
+        if not os.access(os.path.join(BINARIES, exe), os.X_OK):
+            raise BenchError(f"no {BINARIES}/{exe}: run `bash bench/run.sh`, which builds it")
 
     processes = Processes()
     work = tempfile.mkdtemp(prefix="gallery-bench-")
@@ -704,7 +706,8 @@ def run(args):
         "config": {
             "seconds": args.seconds, "connections": args.connections, "threads": args.threads,
             "rounds": args.rounds,
-            "smoke": args.smoke, "cpus": os.cpu_count(), "api_workers": 3,
+            "smoke": args.smoke, "build": "debug" if args.debug_build else "release",
+            "cpus": os.cpu_count(), "api_workers": 3,
             "nginx": subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip(),
             "wrk": subprocess.run(["wrk", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True).stdout.splitlines()[0].split(" Copyright")[0],
@@ -971,7 +974,8 @@ def report(results):
         f"-d{config['seconds']}s per case, GETs best of {config.get('rounds', 1)} rounds in turn, "
         f"{config['cpus']} CPUs, {config['nginx']}, "
         f"database {config.get('database', 'sqlite')}, "
-        f"load {' '.join(config['loadavg_before'])} before",
+        f"load {' '.join(config['loadavg_before'])} before"
+        + (", DEBUG BUILD (not figures)" if config.get("build") == "debug" else ""),
         "",
         f"{'':3} {'case':48} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7} "
         f"{'vs ceiling':>15} {'vs nginx alone':>14}",
@@ -1030,7 +1034,14 @@ def main():
                         help="run the stack on PostgreSQL: a fresh database is created beside "
                              "this one for the run and dropped after (default: a fresh SQLite file)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--debug-build", action="store_true",
+                        help="measure the debug binaries (target/debug), which bench/run.sh then "
+                             "builds instead of the release ones: for checking that the bench "
+                             "runs (CI), never for figures")
     args = parser.parse_args()
+    if args.debug_build:
+        global BINARIES
+        BINARIES = os.path.join(ROOT, "target", "debug")
     args.seconds = args.seconds or (1 if args.smoke else 5)
     args.connections = args.connections or (5 if args.smoke else 25)
     args.rounds = args.rounds or (1 if args.smoke else 2)

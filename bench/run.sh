@@ -5,11 +5,13 @@
 # side by side with wrk, prints the table and writes JSON.
 #
 #   bash bench/run.sh [--smoke] [--seconds N] [--rounds N] [--connections N] [--json FILE] [--keep]
-#                     [--database postgres://USER:PASS@HOST:PORT/DB]
+#                     [--database postgres://USER:PASS@HOST:PORT/DB] [--debug-build]
 #
 # --smoke: 1 s per case and 5 connections, for CI. Exits non-zero when a case
 # cannot run or the POST accounting finds a lost or duplicated row; the
-# ratios themselves are reported, not judged. Every process it starts is
+# ratios themselves are reported, not judged. --debug-build builds and
+# measures the debug binaries instead (CI: minutes less to build; its
+# figures mean nothing, and the table says so). Every process it starts is
 # stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,9 @@ command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install wrk)" >&2
 command -v python3 >/dev/null || { echo "bench: needs python3" >&2; exit 1; }
 case " $* " in *" -h "* | *" --help "*) exec python3 bench/bench.py --help ;; esac
 # In the background so that a Ctrl-C or SIGTERM during the build stops cargo too.
-cargo build --release --locked --quiet --bins --examples &
+profile=(--release)
+case " $* " in *" --debug-build "*) profile=() ;; esac
+cargo build "${profile[@]}" --locked --quiet --bins --examples &
 build=$!
 trap 'kill "$build" 2>/dev/null; exit 130' INT
 trap 'kill "$build" 2>/dev/null; exit 143' TERM HUP
