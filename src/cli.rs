@@ -64,6 +64,12 @@ pub struct ApiServerArgs {
     /// supervisor, which creates and migrates it, passes this).
     #[arg(long)]
     pub existing_database: bool,
+    /// Create, migrate and seed the database (an SQLite file: in WAL mode),
+    /// then exit without serving: 0 when it is ready, else one error line
+    /// and 1. The supervisor runs this before it starts any worker, so that
+    /// it never opens the database itself.
+    #[arg(long, conflicts_with = "existing_database")]
+    pub prepare_database: bool,
     /// Do not count requests for the supervisor's /metrics (for measuring
     /// what counting costs; the supervisor never passes it).
     #[arg(long)]
@@ -125,6 +131,9 @@ impl ApiServerArgs {
         }
         if self.existing_database {
             args.push("--existing-database".into());
+        }
+        if self.prepare_database {
+            args.push("--prepare-database".into());
         }
         if self.quiet_requests {
             args.push("--quiet-requests".into());
@@ -681,6 +690,7 @@ mod tests {
             cors_origin: vec!["http://a".into(), "http://b".into()],
             busy_timeout_ms: 1234,
             existing_database: true,
+            prepare_database: false,
             quiet_requests: true,
             threads: 3,
             synchronous: Synchronous::Normal,

@@ -310,16 +310,21 @@ async fn health(State(state): State<Arc<ApiState>>) -> Result<Response> {
     }
 }
 
-/// Opens the store and serves the API until SIGTERM/SIGINT.
+/// Opens the store and serves the API until SIGTERM/SIGINT (or, with
+/// `--prepare-database`, only opens it: created, migrated, seeded).
 pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
     let location = crate::store::parse_database_location(&args.database)?;
-    let listener = crate::listen::listener(args.bind, args.port)?;
     let options = StoreOptions {
         busy_timeout: std::time::Duration::from_millis(args.busy_timeout_ms),
         synchronous: args.synchronous,
         application_name: args.name.clone(),
         ..StoreOptions::default()
     };
+    if args.prepare_database {
+        Store::open(&location, &options)?;
+        return Ok(());
+    }
+    let listener = crate::listen::listener(args.bind, args.port)?;
     let store = if args.existing_database {
         Store::open_existing(&location, &options)
     } else {

@@ -20,6 +20,16 @@ pub struct FileIdentity {
     inode: u64,
 }
 
+impl FileIdentity {
+    /// The identity of the file these are the metadata of.
+    pub fn of(metadata: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        }
+    }
+}
+
 /// Why the file at the database path cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FileTrouble {
@@ -53,10 +63,7 @@ pub fn usable(path: &Path) -> Result<FileIdentity, FileTrouble> {
     if access(path, AccessFlags::W_OK).is_err() {
         return Err(FileTrouble::ReadOnly);
     }
-    let identity = FileIdentity {
-        device: metadata.dev(),
-        inode: metadata.ino(),
-    };
+    let identity = FileIdentity::of(&metadata);
     let mut header = [0; 16];
     read_header(path, identity, &mut header).map_err(|error| match error.kind() {
         std::io::ErrorKind::UnexpectedEof => FileTrouble::NotADatabase,
@@ -100,10 +107,7 @@ fn read_header(path: &Path, identity: FileIdentity, header: &mut [u8; 16]) -> st
     if files.len() >= MAX_HEADER_FILES {
         files.remove(0);
     }
-    let real = FileIdentity {
-        device: opened.dev(),
-        inode: opened.ino(),
-    };
+    let real = FileIdentity::of(&opened);
     files.push((real, file));
     result
 }

@@ -11,10 +11,10 @@
 //! root, say).
 //!
 //! The account need not be able to create files beside the database (a
-//! checkout owned by root, say): the supervisor keeps a connection to the
-//! database open ([`Companions`]), so SQLite's `-wal` and `-shm` exist, the
-//! account's, for as long as the stack runs, and no worker ever has to
-//! create them.
+//! checkout owned by root, say): the supervisor holds the database the way
+//! an open SQLite connection does ([`super::database::Companions`]), so
+//! SQLite's `-wal` and `-shm` exist, the account's, for as long as the
+//! stack runs, and no worker ever has to create them.
 //!
 //! A supervisor not started as root changes nobody: its servers run as it
 //! does, and a `--user` naming anyone else is refused.
@@ -176,67 +176,6 @@ pub fn owns_database(user: &ServerUser, database: &Path) -> bool {
     database_files(database).iter().all(|file| {
         std::fs::metadata(file).map_or(true, |m| m.uid() == user.uid && m.gid() == user.gid)
     })
-}
-
-/// A connection the supervisor keeps to the database file at the path, so
-/// that its `-wal` and `-shm` exist (SQLite removes them when the last
-/// connection closes) and the servers' account never needs to create files
-/// in the database's directory. Re-held on whichever usable file is at the
-/// path.
-#[derive(Default)]
-pub struct Companions {
-    held: Option<(crate::store::identity::FileIdentity, rusqlite::Connection)>,
-}
-
-impl Companions {
-    /// Holds `identity`, the usable file now at `path`, unless already held:
-    /// opens it without creating anything, puts it in WAL mode, and reads it
-    /// once, which creates `-wal` and `-shm` when missing. A failure (a busy database, say) is
-    /// retried on the next call.
-    pub fn hold(
-        &mut self,
-        path: &Path,
-        identity: crate::store::identity::FileIdentity,
-    ) -> anyhow::Result<()> {
-        if self
-            .held
-            .as_ref()
-            .is_some_and(|(held, _)| *held == identity)
-        {
-            return Ok(());
-        }
-        use rusqlite::OpenFlags;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = rusqlite::Connection::open_with_flags(path, flags)?;
-        // A file restored from a copy may be in rollback-journal mode, whose
-        // journal the account could not create: switching to WAL (which
-        // sticks to the file) needs the directory once, and root has it.
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        anyhow::ensure!(
-            mode.eq_ignore_ascii_case("wal"),
-            "it stays in journal mode {mode}, not WAL"
-        );
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
-        self.held = Some((identity, conn));
-        Ok(())
-    }
-
-    /// Holds the usable file `identity` at `path` and makes it and its
-    /// companions `user`'s; returns whether any of them changed hands.
-    pub fn prepare(
-        &mut self,
-        user: &ServerUser,
-        path: &Path,
-        identity: crate::store::identity::FileIdentity,
-    ) -> anyhow::Result<bool> {
-        self.hold(path, identity)?;
-        if owns_database(user, path) {
-            return Ok(false);
-        }
-        make_database_theirs(user, path)?;
-        Ok(true)
-    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod account;
 pub mod admin;
 pub mod control;
 pub mod core;
+mod database;
 mod lock;
 mod output;
 pub mod policy;
@@ -234,12 +235,9 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
         let database_origin = cli.origin("database");
         let database = crate::store::parse_database_location(&args.database)
             .with_context(|| database_origin.clone())?;
-        let options = crate::store::StoreOptions {
-            application_name: "gallery-supervisor".into(),
-            ..crate::store::StoreOptions::default()
-        };
-        // Created (a file), migrated and seeded once, here: the workers never do.
-        crate::store::Store::open(&database, &options).with_context(|| database_origin.clone())?;
+        // Created (a file), migrated and seeded once, here (by the API
+        // server's code in a process of its own): the workers never do.
+        database::prepare(&api_program, &database).with_context(|| database_origin.clone())?;
         // A file is known by its absolute path from here on. A server needs
         // nothing more of the supervisor: no account checks, no hold, no watch.
         match database {
@@ -259,7 +257,7 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
         HostRole::Workers => "the API workers run",
         HostRole::Front => "the static server runs",
     };
-    let mut companions = account::Companions::default();
+    let mut companions = database::Companions::default();
     match &server_user {
         Some(user) => {
             use account::Need;
@@ -276,7 +274,9 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
                 let identity = crate::store::identity::usable(database)
                     .with_context(|| format!("database {}", database.display()))?;
                 companions
-                    .prepare(user, database, identity)
+                    .prepare(user, database, identity, |path| {
+                        database::prepare(&api_program, &Location::Sqlite(path.to_path_buf()))
+                    })
                     .with_context(|| {
                         format!("cannot make {} {}'s", database.display(), user.name)
                     })?;

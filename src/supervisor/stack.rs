@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::account::{self, ServerUser};
+use super::account::ServerUser;
 use super::control::{self, Incoming, Response};
 use super::core::{Action, Command, Core, Event, ProcId, ReplyTo, ServiceState};
 use super::spawn::{self, Launch};
@@ -166,8 +166,8 @@ pub(super) struct Executor {
     pub sockets: HashMap<String, TcpListener>,
     /// Where nginx sends its access log (see [`collect_access_log`]).
     pub access_log: SocketAddr,
-    /// The supervisor's own hold on the database (see [`account::Companions`]).
-    pub companions: account::Companions,
+    /// The supervisor's own hold on the database (see [`super::database::Companions`]).
+    pub companions: super::database::Companions,
     /// What the admin endpoint shows (see `super::admin`).
     pub admin: super::admin::SharedView,
 }
@@ -210,6 +210,7 @@ impl Executor {
                 path.clone(),
                 self.launcher.server_user.clone(),
                 std::mem::take(&mut self.companions),
+                self.launcher.api_program.clone(),
             ));
         }
         let (jobs, job_queue) = std::sync::mpsc::channel();
@@ -587,7 +588,8 @@ fn control_event(command: Command) -> Event {
 async fn watch_database(
     path: PathBuf,
     server_user: Option<ServerUser>,
-    mut companions: account::Companions,
+    mut companions: super::database::Companions,
+    api_program: PathBuf,
 ) {
     // Which file it is does not matter to the workers: they reopen any
     // usable database that takes the old one's place.
@@ -598,7 +600,20 @@ async fn watch_database(
         ticks.tick().await;
         let usable = crate::store::identity::usable(&path);
         if let (Some(user), Ok(identity)) = (&server_user, usable) {
-            let text = match companions.prepare(user, &path, identity) {
+            // Preparing a new file runs a process: off the event loop.
+            let (returned, prepared) = {
+                let (user, path, api_program) = (user.clone(), path.clone(), api_program.clone());
+                tokio::task::spawn_blocking(move || {
+                    let prepared = companions.prepare(&user, &path, identity, |path| {
+                        super::database::prepare(&api_program, &Location::Sqlite(path.into()))
+                    });
+                    (companions, prepared)
+                })
+                .await
+                .expect("the database hold does not panic")
+            };
+            companions = returned;
+            let text = match prepared {
                 Ok(false) => None,
                 Ok(true) => Some(format!("database {}: made {}'s", path.display(), user.name)),
                 Err(e) => Some(format!(

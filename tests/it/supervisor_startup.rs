@@ -231,6 +231,22 @@ fn an_unusable_database_is_named() {
     assert_mentions(&line, &["unsupported", "sqlite://PATH", "postgres://"]);
 }
 
+/// The supervisor never opens the database as a database (an API server
+/// prepares it, and the hold is a lock): it links no SQLite, which keeps its
+/// own process small. SQLite's own error text marks its code in a binary.
+#[test]
+fn the_supervisor_links_no_sqlite_and_the_api_server_does() {
+    const SQLITE_TEXT: &[u8] = b"unable to open database file";
+    let links_sqlite = |program: &str| {
+        let bytes = std::fs::read(crate::helpers::bin(program)).unwrap();
+        bytes
+            .windows(SQLITE_TEXT.len())
+            .any(|window| window == SQLITE_TEXT)
+    };
+    assert!(links_sqlite("api-server"), "the marker is SQLite's");
+    assert!(!links_sqlite("gallery-supervisor"));
+}
+
 #[test]
 fn a_missing_assets_directory_is_named() {
     let dir = Supervisor::temp_dir();
