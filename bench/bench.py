@@ -707,6 +707,7 @@ def run(args):
             "seconds": args.seconds, "connections": args.connections, "threads": args.threads,
             "rounds": args.rounds,
             "smoke": args.smoke, "build": "debug" if args.debug_build else "release",
+            "binaries": os.path.relpath(BINARIES, ROOT),
             "cpus": os.cpu_count(), "api_workers": 3,
             "nginx": subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip(),
             "wrk": subprocess.run(["wrk", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -1038,9 +1039,14 @@ def main():
                         help="measure the debug binaries (target/debug), which bench/run.sh then "
                              "builds instead of the release ones: for checking that the bench "
                              "runs (CI), never for figures")
+    parser.add_argument("--binaries", metavar="DIR",
+                        help="where the built binaries are (bench/run.sh says; default "
+                             "target/release, or target/debug with --debug-build)")
     args = parser.parse_args()
-    if args.debug_build:
-        global BINARIES
+    global BINARIES
+    if args.binaries:
+        BINARIES = os.path.join(ROOT, args.binaries)
+    elif args.debug_build:
         BINARIES = os.path.join(ROOT, "target", "debug")
     args.seconds = args.seconds or (1 if args.smoke else 5)
     args.connections = args.connections or (5 if args.smoke else 25)

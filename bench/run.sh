@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark (SPEC §12), one command: builds the release binaries and the
-# trivial upstream (examples/trivial_upstream.rs), then runs bench/bench.py,
+# trivial upstream (examples/trivial_upstream.rs) as `bash scripts/run` does, then runs bench/bench.py,
 # which starts a fresh stack and its ceilings on free ports, measures them
 # side by side with wrk, prints the table and writes JSON.
 #
@@ -19,14 +19,19 @@ command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install wrk)" >&2
 command -v python3 >/dev/null || { echo "bench: needs python3" >&2; exit 1; }
 case " $* " in *" -h "* | *" --help "*) exec python3 bench/bench.py --help ;; esac
 # In the background so that a Ctrl-C or SIGTERM during the build stops cargo too.
-profile=(--release)
-case " $* " in *" --debug-build "*) profile=() ;; esac
-cargo build "${profile[@]}" --locked --quiet --bins --examples &
+# The release binaries are those of `bash scripts/run` (scripts/release-build).
+built=$(mktemp)
+case " $* " in
+  *" --debug-build "*) { cargo build --locked --quiet --bins --examples && echo target/debug; } >"$built" & ;;
+  *) bash scripts/release-build --locked --quiet --bins --examples >"$built" & ;;
+esac
 build=$!
-trap 'kill "$build" 2>/dev/null; exit 130' INT
-trap 'kill "$build" 2>/dev/null; exit 143' TERM HUP
-wait "$build"
+trap 'kill "$build" 2>/dev/null; rm -f "$built"; exit 130' INT
+trap 'kill "$build" 2>/dev/null; rm -f "$built"; exit 143' TERM HUP
+wait "$build" || { rm -f "$built"; exit 1; }
 trap - INT TERM HUP
+binaries=$(cat "$built")
+rm -f "$built"
 # The driver stops whatever it started, on any exit (it handles SIGTERM,
 # SIGHUP and Ctrl-C itself); exec, so those signals reach it directly.
-exec python3 bench/bench.py "$@"
+exec python3 bench/bench.py --binaries "$binaries" "$@"

@@ -96,3 +96,65 @@ fn the_run_command_installs_nginx_when_it_is_missing_then_serves() {
     );
     assert_eq!(std::fs::read_to_string(&apt_log).unwrap(), apt);
 }
+
+/// `scripts/release-build`, which `scripts/run` and the bench build with:
+/// statically linked for a glibc Linux host whose C compiler has glibc's
+/// static library (built in `target/TRIPLE/release`, then put in
+/// `target/release`), a plain release build anywhere else. Fake `cargo`, `rustc` and `cc` say which machine
+/// this is and record what was asked of them.
+#[test]
+fn the_release_build_links_statically_only_where_it_can() {
+    let tools = tempfile::tempdir().unwrap();
+    let cargo_log = tools.path().join("cargo.log");
+    let fake = |name: &str, text: &str| {
+        let path = tools.path().join(name);
+        executable(&path, &format!("#!/bin/sh\n{text}\n"));
+        path
+    };
+    let cargo = fake("cargo", &format!("echo \"$*\" >> {}", cargo_log.display()));
+    let release_build = |host: &str, libc: &str| {
+        let rustc = fake(
+            &format!("rustc-{host}"),
+            &format!("echo 'rustc 1.0.0'; echo 'host: {host}'"),
+        );
+        let cc = fake("cc-for-test", &format!("echo '{libc}'"));
+        let _ = std::fs::remove_file(&cargo_log);
+        let output = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/release-build"))
+            .args(["--bins", "--quiet"])
+            .current_dir(tools.path())
+            .env("CARGO", &cargo)
+            .env("RUSTC", &rustc)
+            .env("CC", &cc)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        (
+            String::from_utf8(output.stdout).unwrap(),
+            std::fs::read_to_string(&cargo_log).unwrap(),
+        )
+    };
+
+    let (dir, args) = release_build(
+        "x86_64-unknown-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu/libc.a",
+    );
+    assert_eq!(dir, "target/release\n");
+    assert_eq!(
+        args,
+        "build --release --target x86_64-unknown-linux-gnu --config \
+         target.x86_64-unknown-linux-gnu.rustflags=[\"-C\", \"target-feature=+crt-static\"] \
+         --bins --quiet\n"
+    );
+    // No libc.a: cc names the file it did not find, without a directory.
+    let (dir, args) = release_build("x86_64-unknown-linux-gnu", "libc.a");
+    assert_eq!(dir, "target/release\n");
+    assert_eq!(args, "build --release --bins --quiet\n");
+    // musl, macOS: not glibc.
+    for host in ["x86_64-unknown-linux-musl", "aarch64-apple-darwin"] {
+        let (dir, args) = release_build(host, "/usr/lib/libc.a");
+        assert_eq!(dir, "target/release\n", "{host}");
+        assert_eq!(args, "build --release --bins --quiet\n", "{host}");
+    }
+}
