@@ -582,9 +582,10 @@ fn control_event(command: Command) -> Event {
 /// being usable (removed, replaced, read-only, not a database) and when it
 /// is usable again; the workers answer 503 meanwhile (see `store::identity`).
 ///
-/// With a server account, it also keeps a connection to whichever usable
-/// file is at the path (so its `-wal` and `-shm` exist) and makes a file
-/// put back by another account (root restoring a backup) the account's.
+/// With a server account, it also holds whichever usable file is at the
+/// path as an open connection would (so its `-wal` and `-shm` exist), and
+/// prepares and makes a file put back by another account (root restoring a
+/// backup) the account's.
 async fn watch_database(
     path: PathBuf,
     server_user: Option<ServerUser>,
