@@ -274,9 +274,8 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
                 let identity = crate::store::identity::usable(database)
                     .with_context(|| format!("database {}", database.display()))?;
                 companions
-                    .prepare(user, database, identity, |path| {
-                        database::prepare(&api_program, &Location::Sqlite(path.to_path_buf()))
-                    })
+                    // Prepared a moment ago, above.
+                    .prepare(user, database, identity, |_| Ok(()))
                     .with_context(|| {
                         format!("cannot make {} {}'s", database.display(), user.name)
                     })?;
