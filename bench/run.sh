@@ -18,16 +18,18 @@ cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install wrk)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "bench: needs python3" >&2; exit 1; }
 case " $* " in *" -h "* | *" --help "*) exec python3 bench/bench.py --help ;; esac
-# In the background so that a Ctrl-C or SIGTERM during the build stops cargo too.
 # The release binaries are those of `bash scripts/run` (scripts/release-build).
 built=$(mktemp)
+# Its own process group, so that a Ctrl-C or SIGTERM stops cargo under it too.
+set -m
 case " $* " in
   *" --debug-build "*) { cargo build --locked --quiet --bins --examples && echo target/debug; } >"$built" & ;;
   *) bash scripts/release-build --locked --quiet --bins --examples >"$built" & ;;
 esac
 build=$!
-trap 'kill "$build" 2>/dev/null; rm -f "$built"; exit 130' INT
-trap 'kill "$build" 2>/dev/null; rm -f "$built"; exit 143' TERM HUP
+set +m
+trap 'kill -- -"$build" 2>/dev/null; rm -f "$built"; exit 130' INT
+trap 'kill -- -"$build" 2>/dev/null; rm -f "$built"; exit 143' TERM HUP
 wait "$build" || { rm -f "$built"; exit 1; }
 trap - INT TERM HUP
 binaries=$(cat "$built")

@@ -9,10 +9,5 @@ fn main() -> std::process::ExitCode {
         gallery::http::log_requests_at_debug();
     }
     let result = gallery::api::run(cli.args.clone());
-    if cli.args.prepare_database {
-        // For the supervisor, which names the flag or variable the
-        // database came from in its own words.
-        return gallery::exit_with(result);
-    }
     gallery::exit_with(result.map_err(|e| cli.name_the_flag(e)))
 }

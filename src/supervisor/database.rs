@@ -19,12 +19,23 @@ use crate::cli::ApiServerArgs;
 use crate::store::Location;
 use crate::store::identity::FileIdentity;
 
+/// Why the database could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The database's own trouble, in the API server's one line: a file
+    /// that is not a database, a directory missing, a server unreachable.
+    #[error("{0}")]
+    Database(String),
+    /// The API server program could not do its part at all.
+    #[error("the API server ({program}) cannot prepare the database: {why}")]
+    Program { program: String, why: String },
+}
+
 /// Creates, migrates and seeds the database at `location` (an SQLite file:
 /// in WAL mode) by running `api_program --prepare-database` as the
 /// supervisor's own account, with the database passed as to a worker (a
-/// PostgreSQL URL in the environment, never in the argument list). Fails
-/// with the child's own error line.
-pub fn prepare(api_program: &Path, location: &Location) -> anyhow::Result<()> {
+/// PostgreSQL URL in the environment, never in the argument list).
+pub fn prepare(api_program: &Path, location: &Location) -> Result<(), PrepareError> {
     let mut args = ApiServerArgs::try_parse_defaults().expect("api-server's defaults parse");
     args.database = match location {
         Location::Sqlite(path) => path.to_string_lossy().into_owned(),
@@ -32,31 +43,41 @@ pub fn prepare(api_program: &Path, location: &Location) -> anyhow::Result<()> {
     };
     args.name = "gallery-supervisor".into();
     args.prepare_database = true;
+    let program_error = |why: String| PrepareError::Program {
+        program: api_program.display().to_string(),
+        why,
+    };
     let output = std::process::Command::new(api_program)
         .args(args.to_args())
         .env_remove("DATABASE_URL")
         .envs(args.to_env())
         .stdin(std::process::Stdio::null())
         .output()
-        .with_context(|| format!("cannot run {}", api_program.display()))?;
+        .map_err(|e| program_error(e.to_string()))?;
     if output.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stderr
-        .lines()
-        .rev()
-        .find_map(|line| line.strip_prefix("error: "))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            format!(
-                "{} --prepare-database failed ({}): {}",
-                api_program.display(),
-                output.status,
-                stderr.trim()
-            )
-        });
-    Err(anyhow::anyhow!(line))
+    let last = stderr.lines().rev().find(|line| !line.trim().is_empty());
+    // Exit 1 with an `error:` line is the database's trouble; anything else
+    // (a usage error from an older api-server: exit 2, a crash) is the
+    // program's.
+    match last.and_then(|line| line.strip_prefix("error: ")) {
+        Some(line) if output.status.code() == Some(1) => {
+            // The child names where it got the database; the supervisor
+            // names where it did, instead.
+            let line = ["--database: ", "DATABASE_URL (from the environment): "]
+                .iter()
+                .find_map(|origin| line.strip_prefix(origin))
+                .unwrap_or(line);
+            Err(PrepareError::Database(line.into()))
+        }
+        _ => Err(program_error(format!(
+            "{} ({})",
+            last.unwrap_or("no output").trim(),
+            output.status
+        ))),
+    }
 }
 
 /// Where SQLite's unix VFS takes its locks on a database file (its file
@@ -149,22 +170,30 @@ fn lock_with_companions(path: &Path, identity: FileIdentity) -> anyhow::Result<s
     };
     fcntl(&file, FcntlArg::F_OFD_SETLK(&shared))
         .context("cannot take a shared lock on it (another process has it locked exclusively)")?;
+    // As SQLite makes them: the database file's exact mode (whatever the
+    // umask) and, for root, its owner.
     let mode = metadata.permissions().mode() & 0o777;
     for suffix in ["-wal", "-shm"] {
         let mut companion = path.as_os_str().to_owned();
         companion.push(suffix);
-        match std::fs::OpenOptions::new()
+        let created = match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&companion)
         {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            other => {
-                other.with_context(|| {
-                    format!("cannot create {}", Path::new(&companion).display())
-                })?;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            other => other,
+        };
+        let named = || format!("cannot create {}", Path::new(&companion).display());
+        let created = created.with_context(named)?;
+        created
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(named)?;
+        if nix::unistd::Uid::effective().is_root() {
+            use std::os::unix::fs::MetadataExt;
+            std::os::unix::fs::fchown(&created, Some(metadata.uid()), Some(metadata.gid()))
+                .with_context(named)?;
         }
     }
     Ok(file)
@@ -196,6 +225,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("g.db");
         closed_wal_database(&db);
+        use std::os::unix::fs::PermissionsExt;
+        // A group-writable database gets group-writable companions, as
+        // SQLite makes them, whatever the umask (at least 022 here).
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o660)).unwrap();
         let identity = crate::store::identity::usable(&db).unwrap();
         let mut companions = Companions::default();
         let mut prepared = 0;
@@ -206,6 +239,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!(companions_of(&db), [true, true], "created empty");
+        for suffix in ["-wal", "-shm"] {
+            let mode = std::fs::metadata(format!("{}{suffix}", db.display()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o660, "{suffix}");
+        }
         for n in 0..3 {
             // A connection writes and closes, the only one: it would delete
             // both if it could tell nobody else holds the file.

@@ -237,7 +237,10 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
             .with_context(|| database_origin.clone())?;
         // Created (a file), migrated and seeded once, here (by the API
         // server's code in a process of its own): the workers never do.
-        database::prepare(&api_program, &database).with_context(|| database_origin.clone())?;
+        database::prepare(&api_program, &database).map_err(|e| match e {
+            database::PrepareError::Database(line) => anyhow::anyhow!("{database_origin}: {line}"),
+            program => program.into(),
+        })?;
         // A file is known by its absolute path from here on. A server needs
         // nothing more of the supervisor: no account checks, no hold, no watch.
         match database {
@@ -390,6 +393,13 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
         companions,
         admin: admin.clone(),
     };
+    // What to checkpoint at exit: the file the supervisor held (see below).
+    let held_database = match (&executor.launcher.server_user, &executor.launcher.database) {
+        (Some(_), Location::Sqlite(path)) if role.runs_workers() => {
+            Some((path.clone(), executor.launcher.api_program.clone()))
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -405,6 +415,23 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
         });
         executor.run().await
     });
+    // Lets go of the database (the hold is the watch task's), every worker
+    // being gone: then one last connection, as root, checkpoints the WAL
+    // into the file and removes -wal and -shm, as the last connection to
+    // close always does, so that a copy of the file alone is complete.
+    drop(runtime);
+    if let Some((path, api_program)) = held_database
+        && crate::store::identity::usable(&path).is_ok()
+        && let Err(e) = database::prepare(&api_program, &Location::Sqlite(path.clone()))
+    {
+        output::line(
+            "supervisor",
+            &format!(
+                "database {}: cannot checkpoint it at exit: {e}",
+                path.display()
+            ),
+        );
+    }
     state::remove(&run_dir);
     output::flush(std::time::Duration::from_secs(2));
     result

@@ -607,6 +607,7 @@ async fn watch_database(
                 tokio::task::spawn_blocking(move || {
                     let prepared = companions.prepare(&user, &path, identity, |path| {
                         super::database::prepare(&api_program, &Location::Sqlite(path.into()))
+                            .map_err(anyhow::Error::from)
                     });
                     (companions, prepared)
                 })
@@ -618,7 +619,7 @@ async fn watch_database(
                 Ok(false) => None,
                 Ok(true) => Some(format!("database {}: made {}'s", path.display(), user.name)),
                 Err(e) => Some(format!(
-                    "database {}: cannot prepare it for {}: {e}",
+                    "database {}: cannot prepare it for {}: {e:#}",
                     path.display(),
                     user.name
                 )),

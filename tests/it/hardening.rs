@@ -520,6 +520,43 @@ fn run_as_root_the_servers_run_as_nobody_and_a_restored_copy_is_made_theirs() {
     );
 }
 
+/// Run as root, the supervisor holds the database as a connection would
+/// (so its -wal and -shm stay while the servers' account could not make
+/// them again); once the stack has stopped, the file alone is complete:
+/// the last connection has checkpointed the WAL into it, as SQLite's last
+/// connection always does.
+#[test]
+fn a_stopped_stack_leaves_a_database_file_complete_without_its_wal() {
+    if !nix::unistd::Uid::effective().is_root() {
+        // Not root: no hold; the workers' last connection checkpoints.
+        return;
+    }
+    let stack = Supervisor::start(&["--api-workers", "2"]);
+    for n in 0..5 {
+        assert_eq!(stack.post_image(&format!("kept {n}")), 200);
+    }
+    let db = stack.dir.path().join("gallery.db");
+    let wal = stack.dir.path().join("gallery.db-wal");
+    assert!(wal.exists(), "the hold keeps -wal while the stack runs");
+    let Supervisor { proc, dir, .. } = stack;
+    proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, output) = proc.finish(Duration::from_secs(20));
+    assert!(status.success(), "{output}");
+    assert!(!wal.exists(), "-wal is checkpointed and removed:\n{output}");
+    // A copy of the file alone, as a backup would take it, has every row.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let kept: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM images WHERE title LIKE 'kept %'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, 5);
+}
+
 #[test]
 fn another_process_opening_and_closing_the_database_takes_nothing_from_the_stack() {
     // SQLite deletes -wal and -shm when the last connection closes; it knows

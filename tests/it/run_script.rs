@@ -64,6 +64,8 @@ fn the_run_command_installs_nginx_when_it_is_missing_then_serves() {
             .env("GALLERY_SBIN_DIRS", &fake_sbin)
             .env("SUDO", "")
             .env("CARGO", &fake_cargo)
+            // No rustc: a plain release build, whatever this machine is.
+            .env("RUSTC", "/nonexistent/rustc")
             .env("GALLERY_BIN", bin("gallery-supervisor").parent().unwrap());
         command
     };
@@ -111,7 +113,18 @@ fn the_release_build_links_statically_only_where_it_can() {
         executable(&path, &format!("#!/bin/sh\n{text}\n"));
         path
     };
-    let cargo = fake("cargo", &format!("echo \"$*\" >> {}", cargo_log.display()));
+    // It logs its arguments and, for a --target build, leaves a program
+    // and one of cargo's hashed copies where cargo would.
+    let cargo = fake(
+        "cargo",
+        &format!(
+            "echo \"$*\" >> {log}\n\
+             case \"$*\" in *--target*) d=target/$4/release; mkdir -p $d; \
+             printf new > $d/api-server; printf hashed > $d/api-server-0123456789abcdef; \
+             chmod +x $d/api-server $d/api-server-0123456789abcdef;; esac",
+            log = cargo_log.display()
+        ),
+    );
     let release_build = |host: &str, libc: &str| {
         let rustc = fake(
             &format!("rustc-{host}"),
@@ -127,6 +140,7 @@ fn the_release_build_links_statically_only_where_it_can() {
             .env("RUSTC", &rustc)
             .env("CC", &cc)
             .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
             .output()
             .unwrap();
         assert!(output.status.success(), "{output:?}");
@@ -141,6 +155,12 @@ fn the_release_build_links_statically_only_where_it_can() {
         "/usr/lib/x86_64-linux-gnu/libc.a",
     );
     assert_eq!(dir, "target/release\n");
+    let copied = tools.path().join("target/release");
+    assert_eq!(
+        std::fs::read_to_string(copied.join("api-server")).unwrap(),
+        "new"
+    );
+    assert!(!copied.join("api-server-0123456789abcdef").exists());
     assert_eq!(
         args,
         "build --release --target x86_64-unknown-linux-gnu --config \
