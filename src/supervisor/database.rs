@@ -36,7 +36,25 @@ pub enum PrepareError {
 /// supervisor's own account, with the database passed as to a worker (a
 /// PostgreSQL URL in the environment, never in the argument list).
 pub fn prepare(api_program: &Path, location: &Location) -> Result<(), PrepareError> {
+    let args = ApiServerArgs::try_parse_defaults().expect("api-server's defaults parse");
+    run_prepare(api_program, location, args)
+}
+
+/// Checkpoints the SQLite file at `path` once nobody else has it open (the
+/// stack stopped, the hold let go): a last connection, which checkpoints
+/// the WAL into the file and removes `-wal` and `-shm`. It waits at most
+/// half a second for another process's lock: a stop is never held up.
+pub fn checkpoint_at_exit(api_program: &Path, path: &Path) -> Result<(), PrepareError> {
     let mut args = ApiServerArgs::try_parse_defaults().expect("api-server's defaults parse");
+    args.busy_timeout_ms = 500;
+    run_prepare(api_program, &Location::Sqlite(path.to_path_buf()), args)
+}
+
+fn run_prepare(
+    api_program: &Path,
+    location: &Location,
+    mut args: ApiServerArgs,
+) -> Result<(), PrepareError> {
     args.database = match location {
         Location::Sqlite(path) => path.to_string_lossy().into_owned(),
         Location::Postgres(url) => url.with_password().to_string(),

@@ -420,9 +420,11 @@ fn run(args: &StackArgs, run_dir: &Path, cli: &Invocation<SupervisorArgs>) -> an
     // into the file and removes -wal and -shm, as the last connection to
     // close always does, so that a copy of the file alone is complete.
     drop(runtime);
+    // Not after a stop at once (a second signal): nothing waits then.
     if let Some((path, api_program)) = held_database
+        && result.is_ok()
         && crate::store::identity::usable(&path).is_ok()
-        && let Err(e) = database::prepare(&api_program, &Location::Sqlite(path.clone()))
+        && let Err(e) = database::checkpoint_at_exit(&api_program, &path)
     {
         output::line(
             "supervisor",
