@@ -24,7 +24,9 @@ Each case is `wrk -t2 -cC -dDs --latency`, run beside its ceiling so the two
 see the same machine load: a GET case and its ceilings are measured in turn,
 --rounds times over (default 2), and each keeps its best round. The POST case checks, row by row, that every
 acknowledged POST is in the database exactly once. Prints a table (req/s, p50,
-p99, errors, the ratio to the ceiling), each process's RSS, and writes JSON.
+p99, errors, the ratio to the ceiling, the CPU steal during the case), each
+process's RSS, and writes JSON; a case during which the hypervisor took 10% or
+more of the CPUs marks the run as noisy.
 
 Exit status: 0 when every case ran and the POST accounting holds; 1
 otherwise. Ratios are reported, never judged (the numbers depend on the
@@ -52,6 +54,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARIES = os.path.join(ROOT, "target", "release")
 POST_BODY = b'{"title":"bench","alt_text":"","url":"/images/cat.svg"}'
 BIG_ROWS = 1000
+# CPU steal (in % of the machine's CPU time during a case) from which the
+# run is reported as noisy: its ratios then say more about the neighbours.
+NOISY_STEAL_PERCENT = 10.0
 # Which bytes the trivial upstreams standing in for each upstream block of
 # the stack's nginx.conf answer, when the proxy ceiling is derived from it
 # (one trivial upstream per server of the block).
@@ -221,6 +226,22 @@ def parse_wrk(output):
     }
 
 
+def cpu_times():
+    """The machine's CPU time so far, from /proc/stat's first line: (steal,
+    total) in ticks. Steal is time the hypervisor gave this VM's CPUs to
+    someone else; during a case it slows both sides of a ratio, unevenly."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest times are
+    # already counted in user and nice)
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_percent(before, after):
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 class Wrk:
     def __init__(self, processes, seconds, connections, threads, work):
         self.processes = processes
@@ -238,11 +259,14 @@ class Wrk:
         proc = self.processes.start("wrk", argv, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True,
                                     env={**os.environ, **(env or {})})
+        cpu_before = cpu_times()
         output, _ = proc.communicate()
+        steal = steal_percent(cpu_before, cpu_times())
         if proc.returncode != 0:
             raise BenchError(f"wrk {url} exited with {proc.returncode}:\n{output}")
         result = parse_wrk(output)
         result["wrk_output"] = output
+        result["steal_percent"] = round(steal, 1)
         return result
 
 
@@ -808,6 +832,7 @@ def run(args):
             for case_id, name, *_ in group:
                 best = max(rounds[case_id], key=lambda r: r["rps"])
                 best["rounds_rps"] = [r["rps"] for r in rounds[case_id]]
+                best["rounds_steal_percent"] = [r["steal_percent"] for r in rounds[case_id]]
                 if best["requests"] == 0:
                     problems.append(f"{case_id} {name}: no request was answered")
                 cases.append(best)
@@ -967,6 +992,12 @@ def fmt_ratio(value):
     return "" if value is None else f"{value:.2f}"
 
 
+def noisy_cases(results):
+    """The cases during which the hypervisor took the CPUs for long enough
+    that the run's ratios cannot be trusted."""
+    return [c for c in results["cases"] if c.get("steal_percent", 0) >= NOISY_STEAL_PERCENT]
+
+
 def report(results):
     config = results["config"]
     lines = [
@@ -979,7 +1010,7 @@ def report(results):
         + (", DEBUG BUILD (not figures)" if config.get("build") == "debug" else ""),
         "",
         f"{'':3} {'case':48} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7} "
-        f"{'vs ceiling':>15} {'vs nginx alone':>14}",
+        f"{'vs ceiling':>15} {'vs nginx alone':>14} {'steal':>6}",
     ]
     for case in results["cases"]:
         if case.get("ceiling"):
@@ -989,7 +1020,8 @@ def report(results):
         alone = fmt_ratio(case.get("ratio_nginx_alone"))
         lines.append(
             f"{case['id']:>3} {case['name']:48} {case['rps']:>9,.0f} {fmt_ms(case['p50_ms']):>8} "
-            f"{fmt_ms(case['p99_ms']):>8} {case['errors']:>7} {vs:>15} {alone:>14}")
+            f"{fmt_ms(case['p99_ms']):>8} {case['errors']:>7} {vs:>15} {alone:>14} "
+            f"{case.get('steal_percent', 0):>5.1f}%")
     lines += ["", "ratios to the ceilings (req/s of the case / req/s of its ceiling):"]
     for ratio in results.get("ratios", []):
         lines.append(f"  {fmt_ratio(ratio['ratio']):>5}  {ratio['case']:>2} / {ratio['ceiling']:<3} "
@@ -1009,6 +1041,12 @@ def report(results):
             for proc in results[key]:
                 rss = "gone" if proc["rss_kib"] is None else f"{proc['rss_kib'] / 1024:.1f} MiB"
                 lines.append(f"  {proc['name']:28} pid {proc['pid']:>7}  {rss:>10}")
+    stolen = noisy_cases(results)
+    if stolen:
+        lines += ["", (
+            f"NOISY RUN: the hypervisor took {NOISY_STEAL_PERCENT:.0f}% or more of the CPUs during "
+            + ", ".join(f"{c['id']} ({c['steal_percent']:.0f}%)" for c in stolen)
+            + "; ratios from this run are not comparable, run again in a quiet spell")]
     errors = [c for c in results["cases"] if c["errors"]]
     for case in errors:
         lines.append(f"WARNING: {case['id']} {case['name']}: {case['non2xx']} non-2xx, socket "
@@ -1070,6 +1108,7 @@ def main():
         say("interrupted; everything it started is stopped")
         return 130
     report(results)
+    results["noisy_cases"] = [c["id"] for c in noisy_cases(results)]
     for case in results["cases"]:
         case.pop("wrk_output", None)
     with open(args.json, "w") as f:
