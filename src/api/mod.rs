@@ -321,7 +321,7 @@ pub fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         ..StoreOptions::default()
     };
     if args.prepare_database {
-        Store::open(&location, &options)?;
+        Store::prepare(location, &options)?;
         return Ok(());
     }
     let listener = crate::listen::listener(args.bind, args.port)?;

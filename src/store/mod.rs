@@ -242,6 +242,20 @@ impl Store {
         Ok(Store { backend })
     }
 
+    /// Creates (an SQLite file), migrates and seeds the database at
+    /// `location` as [`Store::open`] does, then closes it: nothing is left
+    /// open, even in the background, so an SQLite file nobody else has open
+    /// is checkpointed and left without `-wal` and `-shm`.
+    pub fn prepare(
+        location: impl Into<Location>,
+        options: &StoreOptions,
+    ) -> Result<(), StoreError> {
+        match location.into() {
+            Location::Sqlite(path) => sqlite::Sqlite::prepare(&path, options),
+            Location::Postgres(url) => postgres::Postgres::prepare(&url, options),
+        }
+    }
+
     /// A store on a database that must already exist (a worker under the
     /// supervisor, which created it): it never creates, migrates or seeds
     /// one. While the database cannot be used (no usable file at the path;

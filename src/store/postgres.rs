@@ -389,6 +389,13 @@ impl Postgres {
     /// advisory lock). A server that cannot be reached or logged in to is
     /// [`StoreError::CannotConnect`].
     pub(super) fn open(url: &PostgresUrl, options: &StoreOptions) -> Result<Self, StoreError> {
+        Self::prepare(url, options)?;
+        Ok(Self::open_existing(url, options))
+    }
+
+    /// Migrates and seeds the database on one session, closed before this
+    /// returns.
+    pub(super) fn prepare(url: &PostgresUrl, options: &StoreOptions) -> Result<(), StoreError> {
         let config = session_config(url, options);
         let mut client = config.connect(NoTls).map_err(|e| cannot_connect(url, &e))?;
         schema::migrate_postgres(&mut client).map_err(|e| match e {
@@ -406,7 +413,7 @@ impl Postgres {
             MigrateError::Sqlite(e) => StoreError::Sqlite(e),
         })?;
         drop(client);
-        Ok(Self::open_existing(url, options))
+        Ok(())
     }
 
     /// A pool on a database that must already be migrated. Nothing is

@@ -181,6 +181,18 @@ pub(super) fn configure(
 impl Sqlite {
     /// Opens (creating if needed) the database at `path`, migrates and seeds it.
     pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        Sqlite::prepare(path, options)?;
+        let store = Sqlite::unopened(path, options);
+        store.opened()?;
+        Ok(store)
+    }
+
+    /// Creates (if needed), migrates and seeds the database at `path` on one
+    /// connection, closed before this returns: nothing of it is left open
+    /// or opening in the background, so when no other process has the file
+    /// open, that close is the last one and checkpoints the WAL into the
+    /// file and removes `-wal` and `-shm`.
+    pub(super) fn prepare(path: &Path, options: &StoreOptions) -> Result<(), StoreError> {
         let (busy_timeout, synchronous) = (options.busy_timeout, options.synchronous);
         let opening_error = |source: rusqlite::Error| {
             if source.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
@@ -220,10 +232,9 @@ impl Sqlite {
                 result => break result?,
             }
         }
-
-        let store = Sqlite::unopened(path, options);
-        store.opened()?;
-        Ok(store)
+        // As a store opening it would: the file left must be usable.
+        identity::usable(path).map_err(StoreError::Unavailable)?;
+        Ok(())
     }
 
     /// A store on a database that must already exist (a worker under the
