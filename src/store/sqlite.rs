@@ -181,18 +181,26 @@ pub(super) fn configure(
 impl Sqlite {
     /// Opens (creating if needed) the database at `path`, migrates and seeds it.
     pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
-        Sqlite::prepare(path, options)?;
+        Sqlite::migrate(path, options)?;
         let store = Sqlite::unopened(path, options);
         store.opened()?;
         Ok(store)
     }
 
-    /// Creates (if needed), migrates and seeds the database at `path` on one
-    /// connection, closed before this returns: nothing of it is left open
-    /// or opening in the background, so when no other process has the file
-    /// open, that close is the last one and checkpoints the WAL into the
-    /// file and removes `-wal` and `-shm`.
+    /// Creates (if needed), migrates and seeds the database at `path`, and
+    /// checks the file left is usable, as [`Sqlite::open`] does, but opens
+    /// no pool: its one connection is closed before this returns, so when
+    /// no other process has the file open, that close is the last one and
+    /// checkpoints the WAL into the file and removes `-wal` and `-shm`.
     pub(super) fn prepare(path: &Path, options: &StoreOptions) -> Result<(), StoreError> {
+        Sqlite::migrate(path, options)?;
+        identity::usable(path).map_err(StoreError::Unavailable)?;
+        Ok(())
+    }
+
+    /// Creates (if needed), migrates and seeds the database at `path` on one
+    /// connection, closed before this returns.
+    fn migrate(path: &Path, options: &StoreOptions) -> Result<(), StoreError> {
         let (busy_timeout, synchronous) = (options.busy_timeout, options.synchronous);
         let opening_error = |source: rusqlite::Error| {
             if source.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
@@ -229,12 +237,9 @@ impl Sqlite {
                 Err(StoreError::Busy(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                result => break result?,
+                result => break result,
             }
         }
-        // As a store opening it would: the file left must be usable.
-        identity::usable(path).map_err(StoreError::Unavailable)?;
-        Ok(())
     }
 
     /// A store on a database that must already exist (a worker under the
